@@ -1,0 +1,340 @@
+"""Command-line interface: parses arguments and calls the library; nothing else lives here."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from urbansound.config import (
+    AudioConfig,
+    FeatureConfig,
+    ModelConfig,
+    RunConfig,
+    SplitConfig,
+    TrainingConfig,
+    normalise_feature_kind,
+)
+from urbansound.errors import ConfigError, UrbanSoundError
+
+logger = logging.getLogger("urbansound")
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    group = parser.add_argument_group("data")
+    group.add_argument("--annotations", required=required, help="path to UrbanSound8K.csv")
+    group.add_argument("--data", required=required, help="audio folder holding fold1..fold10")
+    group.add_argument(
+        "--skip-bad",
+        "--skip_bad",
+        action="store_true",
+        help="skip clips with bad metadata or undecodable audio (listed in the run folder)",
+    )
+
+
+def add_feature_arguments(parser: argparse.ArgumentParser) -> None:
+    audio, features = AudioConfig(), FeatureConfig()
+    group = parser.add_argument_group("audio and features")
+    group.add_argument(
+        "--trans-type",
+        "--trans_type",
+        dest="trans_type",
+        default=features.kind,
+        help="mel_spec (log-mel) or gammatone (alias: gamma)",
+    )
+    group.add_argument("--sample-rate", type=int, default=audio.sample_rate, help="Hz")
+    group.add_argument(
+        "--duration", type=float, default=audio.duration, help="seconds per clip (cut or padded)"
+    )
+    group.add_argument("--n-fft", type=int, default=features.n_fft)
+    group.add_argument("--hop-length", type=int, default=features.hop_length)
+    group.add_argument(
+        "--n-mels",
+        "--n-bands",
+        dest="n_mels",
+        type=int,
+        default=features.n_mels,
+        help="number of mel or gammatone bands",
+    )
+    group.add_argument("--f-min", type=float, default=features.f_min, help="Hz")
+    group.add_argument("--f-max", type=float, default=features.f_max, help="Hz (default: Nyquist)")
+    group.add_argument("--top-db", type=float, default=features.top_db)
+    group.add_argument("--cache-dir", default="", help="feature cache (default: beside the data folder)")
+
+
+def feature_configs(args: argparse.Namespace) -> tuple[AudioConfig, FeatureConfig]:
+    audio = AudioConfig(sample_rate=args.sample_rate, duration=args.duration)
+    features = FeatureConfig(
+        kind=normalise_feature_kind(args.trans_type),
+        n_fft=args.n_fft,
+        hop_length=args.hop_length,
+        n_mels=args.n_mels,
+        f_min=args.f_min,
+        f_max=args.f_max,
+        top_db=args.top_db,
+    )
+    features.validate(audio.sample_rate)
+    return audio, features
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    add_data_arguments(parser, required=False)
+    add_feature_arguments(parser)
+    training, split = TrainingConfig(), SplitConfig()
+    group = parser.add_argument_group("split")
+    group.add_argument(
+        "--split",
+        choices=("folds", "random"),
+        default=split.method,
+        help="official folds (default) or the seed's leaky random 64/16/20 split",
+    )
+    group.add_argument("--test-fold", type=int, default=split.test_fold)
+    group.add_argument("--val-fold", type=int, default=split.val_fold)
+    group.add_argument(
+        "--val-fraction",
+        type=float,
+        default=None,
+        help="validate on this share of the training recordings (grouped by fsID)",
+    )
+    group.add_argument("--train-folds", type=_int_list, default=None, help="e.g. 1,2,3 (default: the rest)")
+    group = parser.add_argument_group("model and training")
+    group.add_argument("--model", default="cnn", help="registered model name (see `urbansound models`)")
+    group.add_argument("--epochs", type=int, default=training.epochs)
+    group.add_argument(
+        "--batch-size", "--batch_size", dest="batch_size", type=int, default=training.batch_size
+    )
+    group.add_argument(
+        "--lr",
+        "--max-lr",
+        dest="max_lr",
+        type=float,
+        default=training.max_lr,
+        help="one-cycle peak learning rate",
+    )
+    group.add_argument("--weight-decay", type=float, default=training.weight_decay)
+    group.add_argument("--label-smoothing", type=float, default=training.label_smoothing)
+    group.add_argument("--patience", type=int, default=None, help="early stopping patience in epochs")
+    group.add_argument("--seed", type=int, default=training.seed)
+    group.add_argument("--workers", type=int, default=training.num_workers, help="data-loader workers")
+    group.add_argument("--device", default=training.device, help="cpu, cuda, mps or auto")
+    group = parser.add_argument_group("run")
+    group.add_argument("--name", default="run", help="suffix of the run folder")
+    group.add_argument("--runs-dir", default="runs")
+    group.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="RUN_FOLDER",
+        help="continue an interrupted run from its last completed epoch",
+    )
+    group.add_argument(
+        "--dry-run", action="store_true", help="validate data and print split sizes, decode nothing"
+    )
+
+
+def run_config_from_args(args: argparse.Namespace) -> RunConfig:
+    if not args.annotations or not args.data:
+        raise ConfigError("--annotations and --data are required (or --resume RUN_FOLDER)")
+    audio, features = feature_configs(args)
+    return RunConfig(
+        annotations=str(args.annotations),
+        data_dir=str(args.data),
+        audio=audio,
+        features=features,
+        model=ModelConfig(name=args.model),
+        split=SplitConfig(
+            method=args.split,
+            test_fold=args.test_fold,
+            val_fold=args.val_fold,
+            val_fraction=args.val_fraction,
+            train_folds=args.train_folds,
+        ),
+        training=TrainingConfig(
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            max_lr=args.max_lr,
+            weight_decay=args.weight_decay,
+            label_smoothing=args.label_smoothing,
+            patience=args.patience,
+            seed=args.seed,
+            num_workers=args.workers,
+            device=args.device,
+        ),
+        name=args.name,
+        runs_dir=str(args.runs_dir),
+        cache_dir=args.cache_dir,
+        skip_bad=args.skip_bad,
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from urbansound.training.run import dry_run, train
+
+    if args.resume is not None:
+        run_dir = train(RunConfig(), resume_dir=args.resume, progress=not args.quiet)
+    else:
+        config = run_config_from_args(args)
+        from urbansound.models import create_model
+
+        create_model(
+            config.model.name, n_classes=2, n_bands=config.features.n_mels
+        )  # fail fast on a bad name
+        if args.dry_run:
+            index, split = dry_run(config)
+            print(
+                f"{len(index.records)} clips, {len(index.class_names)} classes, folds {index.folds}; "
+                f"{len(index.skipped)} skipped"
+            )
+            print(
+                f"{split.description}: train {len(split.train)}, val {len(split.val)}, test {len(split.test)}"
+            )
+            return 0
+        run_dir = train(config, progress=not args.quiet)
+    print(f"run folder: {run_dir}")
+    print(f"report: {run_dir / 'report.md'}")
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from urbansound.data.synth import synthesize_dataset
+
+    root = synthesize_dataset(
+        Path(args.dest),
+        recordings_per_class=args.recordings_per_class,
+        clips_per_recording=args.clips_per_recording,
+        seed=args.seed,
+        vary_formats=not args.uniform,
+    )
+    print(f"synthetic dataset: {root}")
+    print(f"  --annotations {root / 'metadata' / 'UrbanSound8K.csv'} --data {root / 'audio'}")
+    return 0
+
+
+def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dest", help="folder to write UrbanSound8K/ into")
+    parser.add_argument("--recordings-per-class", type=int, default=10)
+    parser.add_argument("--clips-per-recording", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--uniform", action="store_true", help="22.05 kHz mono 16-bit 4 s clips only")
+
+
+def cmd_visualize(args: argparse.Namespace) -> int:
+    from urbansound.evaluation.examples import draw_class_examples
+
+    audio, features = feature_configs(args)
+    path = draw_class_examples(args.annotations, args.data, Path(args.out), audio, features)
+    print(f"class examples: {path}")
+    return 0
+
+
+def add_visualize_arguments(parser: argparse.ArgumentParser) -> None:
+    add_data_arguments(parser)
+    add_feature_arguments(parser)
+    parser.add_argument("--out", default="runs/class_examples.png", help="PNG to write")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from urbansound.data.synth import synthesize_dataset
+    from urbansound.training.run import train
+
+    root = Path(args.out) / "UrbanSound8K"
+    if not (root / "metadata" / "UrbanSound8K.csv").is_file():
+        root = synthesize_dataset(Path(args.out), recordings_per_class=10, clips_per_recording=3, seed=0)
+    config = RunConfig(
+        annotations=str(root / "metadata" / "UrbanSound8K.csv"),
+        data_dir=str(root / "audio"),
+        training=TrainingConfig(epochs=args.epochs),
+        name="demo",
+        runs_dir=args.runs_dir,
+    )
+    run_dir = train(config, progress=not args.quiet)
+    from urbansound.evaluation.examples import draw_class_examples
+
+    draw_class_examples(
+        config.annotations, config.data_dir, run_dir / "class_examples.png", config.audio, config.features
+    )
+    print(f"demo run folder: {run_dir}")
+    for name in (
+        "report.md",
+        "metrics.json",
+        "train_test_loss.png",
+        "confusion_matrix.png",
+        "class_examples.png",
+        "model.safetensors",
+    ):
+        print(f"  {run_dir / name}")
+    return 0
+
+
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="demo_data", help="where the synthetic dataset is written")
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--runs-dir", default="runs")
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from urbansound.models import create_model, list_models
+
+    for name in list_models():
+        model = create_model(name, n_classes=10, n_bands=64)
+        n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        print(f"{name:12s} {n_params:>12,d} parameters")
+    return 0
+
+
+Command = tuple[
+    str, str, Callable[[argparse.ArgumentParser], None] | None, Callable[[argparse.Namespace], int]
+]
+COMMANDS: list[Command] = [
+    ("train", "train a classifier (the seed's train.py)", add_train_arguments, cmd_train),
+    ("visualize", "plot a waveform and spectrograms per class", add_visualize_arguments, cmd_visualize),
+    ("synth", "write a synthetic dataset in the UrbanSound8K layout", add_synth_arguments, cmd_synth),
+    ("demo", "synthesise demo data, train, evaluate, write the report", add_demo_arguments, cmd_demo),
+    ("models", "list registered models", None, cmd_models),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="urbansound", description=__doc__)
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name, help_text, add_arguments, handler in COMMANDS:
+        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument(
+            "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars"
+        )
+        if add_arguments is not None:
+            add_arguments(sub)
+        sub.set_defaults(handler=handler)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return args.handler(args)
+    except UrbanSoundError as error:
+        print(f"urbansound: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "urbansound: interrupted. Completed epochs are checkpointed: continue with "
+            "`urbansound train --resume RUN_FOLDER` (the run folder is logged above).",
+            file=sys.stderr,
+        )
+        return 130

@@ -1,0 +1,128 @@
+"""Train/validation/test splits that keep every recording (fsID) on one side.
+
+UrbanSound8K's slices of one recording overlap in time; a split that scatters them (the seed's random
+64/16/20) measures memory, not generalisation. The official folds, or recording-grouped splits
+(scikit-learn's StratifiedGroupKFold), do not.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.model_selection import StratifiedGroupKFold
+
+from urbansound.config import SplitConfig
+from urbansound.data.metadata import ClipRecord
+from urbansound.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Split:
+    """Indices into the record list for each side, and a human description naming the split."""
+
+    train: list[int]
+    val: list[int]
+    test: list[int]
+    description: str
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+
+    def to_dict(self) -> dict[str, object]:
+        return {"description": self.description, "sizes": self.sizes}
+
+
+def grouped_holdout(
+    indices: Sequence[int], records: Sequence[ClipRecord], fraction: float, seed: int
+) -> tuple[list[int], list[int]]:
+    """Hold out about ``fraction`` of ``indices`` by whole recordings, stratified by class.
+
+    Returns ``(kept, held_out)``. Uses StratifiedGroupKFold with ``round(1 / fraction)`` folds and
+    takes the first fold as the held-out part.
+    """
+    if not 0 < fraction < 1:
+        raise ConfigError(f"fraction must be in (0, 1), got {fraction}")
+    indices = np.asarray(indices)
+    groups = np.array([records[i].fs_id for i in indices])
+    labels = np.array([records[i].class_id for i in indices])
+    n_splits = max(2, round(1 / fraction))
+    if len(set(groups)) < n_splits:
+        raise ConfigError(
+            f"only {len(set(groups))} recordings: too few to hold out {fraction:.0%} by recording"
+        )
+    splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    kept, held = next(splitter.split(indices, labels, groups))
+    return sorted(indices[kept].tolist()), sorted(indices[held].tolist())
+
+
+def fold_split(records: Sequence[ClipRecord], config: SplitConfig, seed: int = 0) -> Split:
+    """Split by the official folds: test on ``test_fold``; validate on ``val_fold`` or on a recording-grouped
+    ``val_fraction`` of the training folds; train on ``train_folds`` (default: every other fold present)."""
+    present = sorted({r.fold for r in records})
+    test_fold = config.test_fold
+    if test_fold not in present:
+        raise ConfigError(f"test fold {test_fold} has no clips; folds present: {present}")
+    val_fold = None if config.val_fraction is not None else config.val_fold
+    if val_fold is not None and val_fold not in present:
+        raise ConfigError(
+            f"validation fold {val_fold} has no clips; folds present: {present} "
+            "(use --val-fraction to validate on part of the training folds)"
+        )
+    if val_fold == test_fold:
+        raise ConfigError("the validation fold must differ from the test fold")
+    train_folds = config.train_folds or [f for f in present if f not in (test_fold, val_fold)]
+    overlap = set(train_folds) & {test_fold, val_fold}
+    if overlap:
+        raise ConfigError(f"training folds {sorted(overlap)} are also used for validation or test")
+    missing = [f for f in train_folds if f not in present]
+    if missing:
+        raise ConfigError(f"training fold(s) {missing} have no clips; folds present: {present}")
+    if not train_folds:
+        raise ConfigError("no training folds left")
+    train = [i for i, r in enumerate(records) if r.fold in train_folds]
+    test = [i for i, r in enumerate(records) if r.fold == test_fold]
+    if val_fold is not None:
+        val = [i for i, r in enumerate(records) if r.fold == val_fold]
+        val_text = f"validation fold {val_fold}"
+    elif config.val_fraction is not None:
+        train, val = grouped_holdout(train, records, config.val_fraction, seed)
+        val_text = f"validation {config.val_fraction:.0%} of training recordings (by fsID)"
+    else:
+        raise ConfigError("choose a validation fold or a validation fraction")
+    folds_text = ",".join(map(str, train_folds))
+    description = f"train folds {folds_text}, {val_text}, test fold {test_fold}"
+    return Split(train=train, val=val, test=test, description=description)
+
+
+def seed_random_split(n_clips: int, seed: int = 0) -> Split:
+    """The seed project's random 64/16/20 split (5,589/1,397/1,746 of 8,732 clips).
+
+    It leaks: slices of one recording land on both sides, so its accuracy is inflated.
+    """
+    logger.warning(
+        "--split random scatters slices of one recording over train, validation and test: "
+        "its accuracy is inflated and not comparable to fold-based results"
+    )
+    order = np.random.default_rng(seed).permutation(n_clips).tolist()
+    n_test = int(n_clips * 0.2)
+    n_val = int((n_clips - n_test) * 0.2)
+    test, val, train = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
+    return Split(
+        train=sorted(train),
+        val=sorted(val),
+        test=sorted(test),
+        description="random 64/16/20 split (leaky: recordings span train and test)",
+    )
+
+
+def make_split(records: Sequence[ClipRecord], config: SplitConfig, seed: int = 0) -> Split:
+    """Dispatch on ``config.method``."""
+    if config.method == "random":
+        return seed_random_split(len(records), seed)
+    return fold_split(records, config, seed)

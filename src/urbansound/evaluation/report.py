@@ -1,0 +1,182 @@
+"""A short markdown report that ties a run folder together: what was trained, on which split, how well.
+
+Example::
+
+    write_report(run_dir, config.to_dict(), metrics, history)  # -> run_dir / "report.md"
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from urbansound.io_utils import atomic_write_bytes, atomic_write_text
+
+__all__ = ["atomic_write_bytes", "atomic_write_text", "write_report"]
+
+logger = logging.getLogger(__name__)
+
+# Files a run folder holds, linked from the report (relative links, so the folder can be moved).
+RUN_FILES = (
+    ("train_test_loss.png", "loss and accuracy per epoch"),
+    ("confusion_matrix.png", "row-normalised test confusion matrix"),
+    ("metrics.json", "all metrics, including the raw confusion matrix"),
+    ("history.csv", "per-epoch losses and accuracies"),
+    ("config.json", "the resolved configuration of this run"),
+)
+
+
+def write_report(
+    run_dir: Path,
+    config: Mapping[str, Any],
+    metrics: Mapping[str, Any],
+    history: Sequence[Mapping[str, float]],
+) -> Path:
+    """Write ``run_dir / "report.md"`` atomically and return its path.
+
+    Args:
+        run_dir: the run folder (must exist).
+        config: resolved run configuration as a nested dict (``model``, ``features``, ``training``,
+            ``audio``, ``split``, data paths either top-level or under ``data``); missing keys are skipped.
+        metrics: ``test_accuracy``, ``test_macro_f1``, ``val_accuracy``, ``best_epoch``, ``split``
+            (``{"description": str, "sizes": {"train", "val", "test"}}``) and ``test`` (the output of
+            ``classification_metrics``); missing keys are reported as "n/a".
+        history: one row per epoch (``epoch``, ``train_loss``, ``train_accuracy``, ``val_loss``,
+            ``val_accuracy``).
+
+    Returns:
+        Path of the written report.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / "report.md"
+    atomic_write_text(path, render_report(run_dir.name, config, metrics, history))
+    logger.info("wrote %s", path)
+    return path
+
+
+def render_report(
+    run_name: str,
+    config: Mapping[str, Any],
+    metrics: Mapping[str, Any],
+    history: Sequence[Mapping[str, float]],
+) -> str:
+    """The markdown text of :func:`write_report` (pure, for testing and previews)."""
+    model = _section(config, "model")
+    features = _section(config, "features")
+    training = _section(config, "training")
+    audio = _section(config, "audio")
+    data = _section(config, "data")
+    split = metrics.get("split") or {}
+    split_description = str(split.get("description") or "test split")
+    sizes = split.get("sizes") or {}
+    test = metrics.get("test") or {}
+
+    lines = [f"# Run report: {run_name}", "", "## What was trained", ""]
+
+    model_name = model.get("name", "n/a")
+    model_kwargs = model.get("kwargs") or {}
+    options = ", ".join(f"{k}={v}" for k, v in model_kwargs.items())
+    lines.append(f"- **Model:** `{model_name}`" + (f" ({options})" if options else ""))
+
+    feature_bits = [
+        f"{features['n_mels']} bands" if "n_mels" in features else None,
+        f"n_fft {features['n_fft']}" if "n_fft" in features else None,
+        f"hop {features['hop_length']} samples" if "hop_length" in features else None,
+    ]
+    sample_rate = audio.get("sample_rate", data.get("sample_rate"))
+    if sample_rate is not None:
+        feature_bits.append(f"at {sample_rate} Hz")
+    described = ", ".join(bit for bit in feature_bits if bit)
+    lines.append(
+        f"- **Features:** `{features.get('kind', 'n/a')}`" + (f" ({described})" if described else "")
+    )
+
+    configured = training.get("epochs")
+    epochs_line = f"- **Epochs:** {len(history)} run"
+    if configured is not None and configured != len(history):
+        epochs_line += f" (of {configured} configured)"
+    training_bits = [
+        f"batch size {training['batch_size']}" if "batch_size" in training else None,
+        f"peak learning rate {training['max_lr']}" if "max_lr" in training else None,
+        f"seed {training['seed']}" if "seed" in training else None,
+    ]
+    extra = ", ".join(bit for bit in training_bits if bit)
+    lines.append(epochs_line + (f"; {extra}" if extra else ""))
+
+    size_text = ", ".join(f"{part} {sizes[part]}" for part in ("train", "val", "test") if part in sizes)
+    lines.append(f"- **Split:** {split_description}" + (f" (clips: {size_text})" if size_text else ""))
+    data_dir = data.get("data_dir") or config.get("data_dir")
+    if data_dir:
+        lines.append(f"- **Data:** `{data_dir}`")
+
+    best_epoch = metrics.get("best_epoch")
+    val_accuracy = metrics.get("val_accuracy")
+    if val_accuracy is None and best_epoch is not None:
+        val_accuracy = next(
+            (row.get("val_accuracy") for row in history if row.get("epoch") == best_epoch), None
+        )
+    n_clips = test.get("n_clips")
+    lines += [
+        "",
+        "## Results",
+        "",
+        f"- **Test accuracy ({split_description}):** {_percent(metrics.get('test_accuracy'))}"
+        + (f" on {n_clips} clips" if n_clips is not None else ""),
+        f"- **Test macro-F1 ({split_description}):** {_fixed(metrics.get('test_macro_f1'))}",
+        f"- **Best epoch (by validation accuracy):** {best_epoch if best_epoch is not None else 'n/a'}, "
+        f"validation accuracy {_percent(val_accuracy)}",
+    ]
+
+    per_class = test.get("per_class") or {}
+    if per_class:
+        lines += [
+            "",
+            f"### Per class ({split_description})",
+            "",
+            "| class | precision | recall | F1 | clips |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for name, scores in per_class.items():
+            lines.append(
+                f"| {_cell(name)} | {_fixed(scores.get('precision'))} | {_fixed(scores.get('recall'))} "
+                f"| {_fixed(scores.get('f1'))} | {scores.get('support', 'n/a')} |"
+            )
+
+    lines += ["", "## Files", ""]
+    lines += [f"- [{name}]({name}): {what}" for name, what in RUN_FILES]
+    lines += [
+        "",
+        "![Training history](train_test_loss.png)",
+        "",
+        "![Confusion matrix](confusion_matrix.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _section(config: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    """``config[key]`` if it is a mapping, else an empty one."""
+    value = config.get(key)
+    return value if isinstance(value, Mapping) else {}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _percent(value: Any) -> str:
+    """A share in 0..1 as a percentage with one decimal, or "n/a"."""
+    return f"{value:.1%}" if _is_number(value) else "n/a"
+
+
+def _fixed(value: Any) -> str:
+    return f"{value:.3f}" if _is_number(value) else "n/a"
+
+
+def _cell(text: Any) -> str:
+    """Text safe inside a markdown table cell."""
+    return str(text).replace("|", "\\|").replace("\n", " ")

@@ -1,0 +1,248 @@
+"""Feature cache: each (audio file, feature settings) is decoded and transformed once, then reused across
+epochs, runs and folds.
+
+Layout under the cache root::
+
+    <settings-hash>/settings.json            the audio + feature settings the entries were made with
+    <settings-hash>/entries/ab/<key>.npy      one clip's dB features (n_bands, frames), float32 or float16
+    <settings-hash>/packs/<list-hash>.npy     the entries of one clip list stacked, memory-mapped for training
+
+An entry's key hashes the file's resolved path, size and modification time, so an edited file gets a new
+entry; a changed setting gets a new settings folder. Every file is written to a temporary name and
+renamed into place, so an interrupted build leaves no corrupt entry and keeps every finished one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from urbansound.config import AudioConfig, FeatureConfig
+from urbansound.data.audio import load_audio
+from urbansound.data.metadata import Problem
+from urbansound.errors import DataError
+from urbansound.features.frontend import SpectrogramFrontend
+
+logger = logging.getLogger(__name__)
+
+# Bump when the feature code changes its output for the same settings: old entries then stop matching.
+FEATURE_CODE_VERSION = 1
+
+
+def settings_hash(audio: AudioConfig, features: FeatureConfig, dtype: str = "float32") -> str:
+    payload = {
+        "audio": asdict(audio),
+        "features": asdict(features),
+        "dtype": dtype,
+        "code_version": FEATURE_CODE_VERSION,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def file_key(path: Path) -> str:
+    """Identity of an audio file's content as far as the file system tells: path, size, mtime."""
+    stat = path.stat()
+    text = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.save(handle, array)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class _DecodeDataset(Dataset):
+    """Decodes and resamples clips in DataLoader workers; failures come back as messages, not exceptions,
+    so one bad file does not stop the build."""
+
+    def __init__(self, paths: Sequence[Path], audio: AudioConfig) -> None:
+        self.paths = list(paths)
+        self.audio = audio
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[int, np.ndarray | None, str]:
+        try:
+            return index, load_audio(self.paths[index], self.audio.sample_rate, self.audio.n_samples), ""
+        except DataError as error:
+            return index, None, str(error)
+        except Exception as error:  # noqa: BLE001 - any decoder failure is reported per file
+            return index, None, f"{self.paths[index]}: cannot load audio ({type(error).__name__}: {error})"
+
+
+def _collate(items: list[tuple[int, np.ndarray | None, str]]) -> list[tuple[int, np.ndarray | None, str]]:
+    return items
+
+
+@dataclass
+class CachedFeatures:
+    """Features of a clip list: a read-only memory map ``(clips, n_bands, frames)`` and the clips that
+    failed (their rows are zero; callers drop them)."""
+
+    array: np.ndarray
+    failed: dict[int, Problem]
+
+
+class FeatureCache:
+    """Computes dB features for clip files once, in parallel, and serves them memory-mapped."""
+
+    def __init__(
+        self, root: str | Path, audio: AudioConfig, features: FeatureConfig, dtype: str = "float32"
+    ) -> None:
+        if dtype not in ("float32", "float16"):
+            raise ValueError(f"cache dtype must be float32 or float16, got {dtype}")
+        self.audio = audio
+        self.features = features
+        self.dtype = dtype
+        self.directory = Path(root) / settings_hash(audio, features, dtype)
+        self.frontend = SpectrogramFrontend(features, audio.sample_rate)
+        self.n_bands = features.n_mels
+        self.n_frames = self.frontend.n_frames(audio.n_samples)
+
+    def entry_path(self, key: str) -> Path:
+        return self.directory / "entries" / key[:2] / f"{key}.npy"
+
+    def _write_settings(self) -> None:
+        path = self.directory / "settings.json"
+        if not path.exists():
+            self.directory.mkdir(parents=True, exist_ok=True)
+            text = json.dumps(
+                {
+                    "audio": asdict(self.audio),
+                    "features": asdict(self.features),
+                    "dtype": self.dtype,
+                    "code_version": FEATURE_CODE_VERSION,
+                },
+                indent=2,
+            )
+            fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
+            with os.fdopen(fd, "w") as handle:
+                handle.write(text)
+            os.replace(tmp, path)
+
+    def build(
+        self,
+        paths: Sequence[Path],
+        num_workers: int | None = None,
+        batch_size: int = 32,
+        progress: bool = True,
+    ) -> CachedFeatures:
+        """Make sure every file has an entry, then return the stacked features of ``paths`` in order.
+
+        Files that cannot be decoded are reported in ``failed`` (with the reason); every other entry is
+        computed and kept, so a re-run after fixing the bad files only computes those.
+        """
+        self._write_settings()
+        paths = [Path(p) for p in paths]
+        keys = [file_key(p) for p in paths]
+        todo = [i for i, k in enumerate(keys) if not self.entry_path(k).exists()]
+        failed: dict[int, Problem] = {}
+        if todo:
+            failed = self._compute(
+                [paths[i] for i in todo], [keys[i] for i in todo], num_workers, batch_size, progress
+            )
+            failed = {todo[i]: problem for i, problem in failed.items()}
+        return CachedFeatures(array=self._pack(keys, set(failed)), failed=failed)
+
+    def _compute(
+        self, paths: list[Path], keys: list[str], num_workers: int | None, batch_size: int, progress: bool
+    ) -> dict[int, Problem]:
+        if num_workers is None:
+            num_workers = min(len(paths) // batch_size, os.cpu_count() or 1)
+        loader = DataLoader(
+            _DecodeDataset(paths, self.audio),
+            batch_size=batch_size,
+            num_workers=num_workers,
+            collate_fn=_collate,
+            prefetch_factor=4 if num_workers else None,
+        )
+        failed: dict[int, Problem] = {}
+        out_dtype = np.float16 if self.dtype == "float16" else np.float32
+        bar = tqdm(total=len(paths), desc="features", unit="clip", disable=not progress, leave=False)
+        with torch.inference_mode():
+            for items in loader:
+                good = [(i, wav) for i, wav, _ in items if wav is not None]
+                for i, _, message in items:
+                    if message:
+                        failed[i] = Problem(paths[i].name, message)
+                        logger.error("%s", message)
+                if good:
+                    batch = torch.from_numpy(np.stack([wav for _, wav in good]))
+                    features = self.frontend(batch).numpy().astype(out_dtype, copy=False)
+                    for (i, _), feature in zip(good, features, strict=True):
+                        _atomic_save_npy(self.entry_path(keys[i]), feature)
+                bar.update(len(items))
+        bar.close()
+        logger.info("computed features of %d clip(s) into %s", len(paths) - len(failed), self.directory)
+        return failed
+
+    def _pack(self, keys: list[str], failed: set[int]) -> np.ndarray:
+        """Stack the entries of ``keys`` into one .npy, written once and memory-mapped read-only, so
+        data-loader workers and distributed ranks share one copy through the page cache."""
+        digest = hashlib.sha256(
+            "\n".join(k if i not in failed else "-" for i, k in enumerate(keys)).encode()
+        ).hexdigest()[:24]
+        path = self.directory / "packs" / f"{digest}.npy"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+            os.close(fd)
+            try:
+                packed = np.lib.format.open_memmap(
+                    tmp, mode="w+", dtype=np.dtype(self.dtype), shape=(len(keys), self.n_bands, self.n_frames)
+                )
+                for i, key in enumerate(keys):
+                    packed[i] = 0 if i in failed else np.load(self.entry_path(key))
+                packed.flush()
+                del packed
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        return np.load(path, mmap_mode="r")
+
+
+def band_statistics(
+    features: np.ndarray, indices: Sequence[int], chunk: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band mean and standard deviation (dB) over the clips ``indices`` and all their frames.
+
+    Accumulates in float64 chunk by chunk so a memory-mapped array is never loaded whole.
+    Returns two float32 arrays of shape ``(n_bands,)``.
+    """
+    indices = np.sort(np.asarray(indices))
+    n_bands = features.shape[1]
+    total = np.zeros(n_bands)
+    total_sq = np.zeros(n_bands)
+    count = 0
+    for start in range(0, len(indices), chunk):
+        block = np.asarray(
+            features[indices[start : start + chunk]], dtype=np.float64
+        )  # (clips, bands, frames)
+        total += block.sum(axis=(0, 2))
+        total_sq += np.square(block).sum(axis=(0, 2))
+        count += block.shape[0] * block.shape[2]
+    if count == 0:
+        raise DataError("no training clips to compute normalisation statistics from")
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
+    return mean.astype(np.float32), std.astype(np.float32)

@@ -1,0 +1,139 @@
+"""The model file: one ``.safetensors`` holding weights, normalisation statistics, class names, audio and
+feature settings and the model's configuration (as JSON in the safetensors header).
+
+Loading it never executes code: safetensors stores raw tensors and strings only (no pickle), and the
+model is rebuilt by name from the registry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+
+from urbansound import MODEL_FORMAT_VERSION, __version__
+from urbansound.config import AudioConfig, FeatureConfig, ModelConfig, _from_dict
+from urbansound.errors import DataError
+from urbansound.features.frontend import AudioClassifier, BandNormalizer, SpectrogramFrontend
+from urbansound.models import create_model
+
+logger = logging.getLogger(__name__)
+
+FORMAT_NAME = "urbansound-model"
+
+
+@dataclass
+class ModelSpec:
+    """Everything besides the weights that rebuilds a classifier."""
+
+    audio: AudioConfig
+    features: FeatureConfig
+    model: ModelConfig
+    class_names: list[str]
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "audio": asdict(self.audio),
+                "features": asdict(self.features),
+                "model": asdict(self.model),
+                "class_names": self.class_names,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelSpec:
+        data = json.loads(text)
+        return cls(
+            audio=_from_dict(AudioConfig, data["audio"]),
+            features=_from_dict(FeatureConfig, data["features"]),
+            model=_from_dict(ModelConfig, data["model"]),
+            class_names=list(data["class_names"]),
+        )
+
+
+def build_classifier(spec: ModelSpec) -> AudioClassifier:
+    """A fresh (untrained) classifier for ``spec``."""
+    backbone = create_model(
+        spec.model.name, n_classes=len(spec.class_names), n_bands=spec.features.n_mels, **spec.model.kwargs
+    )
+    return AudioClassifier(
+        SpectrogramFrontend(spec.features, spec.audio.sample_rate),
+        BandNormalizer(spec.features.n_mels),
+        backbone,
+    )
+
+
+def save_model_file(
+    path: str | Path, model: AudioClassifier, spec: ModelSpec, extra: dict[str, Any] | None = None
+) -> Path:
+    """Write the model file atomically. ``extra`` (JSON-serialisable) is stored as ``extra`` metadata,
+    e.g. the validation accuracy it was selected on."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    metadata = {
+        "format": FORMAT_NAME,
+        "format_version": str(MODEL_FORMAT_VERSION),
+        "urbansound_version": __version__,
+        "spec": spec.to_json(),
+        "extra": json.dumps(extra or {}),
+    }
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_model_spec(path: str | Path) -> tuple[ModelSpec, dict[str, Any]]:
+    """The spec and extra metadata of a model file, without loading weights."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: model file not found")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise DataError(f"{path}: not a readable urbansound model file ({error})") from None
+    if metadata.get("format") != FORMAT_NAME:
+        raise DataError(f"{path}: not an urbansound model file (no '{FORMAT_NAME}' header)")
+    version = metadata.get("format_version")
+    if version != str(MODEL_FORMAT_VERSION):
+        raise DataError(
+            f"{path}: model file format version {version}, this urbansound "
+            f"({__version__}) reads version {MODEL_FORMAT_VERSION}"
+        )
+    try:
+        return ModelSpec.from_json(metadata["spec"]), json.loads(metadata.get("extra", "{}"))
+    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as error:
+        raise DataError(f"{path}: damaged model metadata ({error})") from None
+
+
+def load_model_file(
+    path: str | Path, device: str | torch.device = "cpu"
+) -> tuple[AudioClassifier, ModelSpec]:
+    """Rebuild the classifier from a model file, in eval mode; DataError on a damaged or foreign file."""
+    spec, _ = read_model_spec(path)
+    model = build_classifier(spec)
+    try:
+        state = load_file(str(path), device=str(device))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise DataError(f"{path}: damaged model weights ({error})") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise DataError(f"{path}: weights do not match the model {spec.model.name!r}: {error}") from None
+    return model.to(device).eval(), spec

@@ -1,0 +1,204 @@
+"""The epoch loop: train, validate, keep the best epoch, checkpoint after every epoch, resume."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from urbansound.config import TrainingConfig
+from urbansound.features.frontend import AudioClassifier
+from urbansound.io_utils import atomic_write_text
+from urbansound.training.checkpoint import load_checkpoint, save_checkpoint
+from urbansound.training.loop import FeatureDataset, evaluate, make_loader, train_one_epoch
+
+logger = logging.getLogger(__name__)
+
+HISTORY_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "train_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "lr",
+    "seconds",
+    "data_wait_fraction",
+)
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]]
+    best_epoch: int
+    best_val_accuracy: float
+    best_state: dict[str, torch.Tensor]
+    stopped_early: bool = False
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+def write_history(path: Path, history: list[dict[str, float]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def make_optimizer(
+    model: nn.Module, config: TrainingConfig, steps_per_epoch: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """Adam with a one-cycle schedule peaking at ``max_lr`` (linear annealing, as the seed)."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.max_lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=config.max_lr,
+        epochs=config.epochs,
+        steps_per_epoch=max(steps_per_epoch, 1),
+        anneal_strategy="linear",
+    )
+    return optimizer, scheduler
+
+
+def fit(
+    model: AudioClassifier,
+    train_set: FeatureDataset,
+    val_set: FeatureDataset,
+    config: TrainingConfig,
+    device: torch.device,
+    checkpoint_path: Path,
+    history_path: Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    on_epoch_end: Callable[[dict[str, float]], None] | None = None,
+) -> FitResult:
+    """Train for ``config.epochs`` epochs, selecting the epoch with the best validation accuracy.
+
+    A checkpoint (model, optimiser, scheduler, RNG state, history, best weights) is written after every
+    epoch; with ``resume`` the loop continues from the last completed epoch. Data order depends only on
+    (seed, epoch) and the RNG state is restored, so on CPU a resumed run ends with the same weights as an
+    uninterrupted one.
+    """
+    model.to(device)
+    steps_per_epoch = -(-len(train_set) // config.batch_size)
+    optimizer, scheduler = make_optimizer(model, config, steps_per_epoch)
+    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    history: list[dict[str, float]] = []
+    best_epoch, best_accuracy, best_state = 0, -1.0, copy.deepcopy(model.state_dict())
+    start_epoch = 1
+    if resume:
+        state = load_checkpoint(checkpoint_path)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        history = list(state["history"])
+        best_epoch, best_accuracy, best_state = (
+            state["best_epoch"],
+            state["best_val_accuracy"],
+            state["best_model"],
+        )
+        start_epoch = state["epoch"] + 1
+        logger.info("resuming after epoch %d of %d", state["epoch"], config.epochs)
+        if _should_stop(history, best_epoch, config):
+            start_epoch = config.epochs + 1
+
+    val_loader = make_loader(val_set, batch_size=max(config.batch_size, 64), shuffle=False)
+    stopped_early = False
+    started = time.perf_counter()
+    for epoch in range(start_epoch, config.epochs + 1):
+        loader = make_loader(
+            train_set,
+            config.batch_size,
+            shuffle=True,
+            seed=config.seed,
+            epoch=epoch,
+            num_workers=config.num_workers,
+        )
+        lr = scheduler.get_last_lr()[0]
+        stats = train_one_epoch(
+            model,
+            loader,
+            optimizer,
+            scheduler,
+            device,
+            criterion,
+            progress=progress,
+            desc=f"epoch {epoch}/{config.epochs}",
+        )
+        val = evaluate(model, val_loader, device)
+        row = {
+            "epoch": epoch,
+            "train_loss": stats.loss,
+            "train_accuracy": stats.accuracy,
+            "val_loss": val.loss,
+            "val_accuracy": val.accuracy,
+            "lr": lr,
+            "seconds": stats.seconds,
+            "data_wait_fraction": stats.data_wait_fraction,
+        }
+        history.append(row)
+        if val.accuracy > best_accuracy:
+            best_epoch, best_accuracy = epoch, val.accuracy
+            best_state = copy.deepcopy(model.state_dict())
+        save_checkpoint(
+            checkpoint_path,
+            {
+                "epoch": epoch,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": torch.get_rng_state(),
+                "history": history,
+                "best_epoch": best_epoch,
+                "best_val_accuracy": best_accuracy,
+                "best_model": best_state,
+            },
+        )
+        if history_path is not None:
+            write_history(history_path, history)
+        elapsed = time.perf_counter() - started
+        eta = elapsed / (epoch - start_epoch + 1) * (config.epochs - epoch)
+        logger.info(
+            "epoch %d/%d  train loss %.4f acc %.1f%%  val loss %.4f acc %.1f%%%s  %.1fs  ETA %s",
+            epoch,
+            config.epochs,
+            stats.loss,
+            100 * stats.accuracy,
+            val.loss,
+            100 * val.accuracy,
+            " *" if best_epoch == epoch else "",
+            stats.seconds,
+            format_duration(eta),
+        )
+        if on_epoch_end is not None:
+            on_epoch_end(row)
+        if _should_stop(history, best_epoch, config):
+            logger.info("early stopping: no validation gain for %d epochs", config.patience)
+            stopped_early = True
+            break
+    return FitResult(
+        history=history,
+        best_epoch=best_epoch,
+        best_val_accuracy=best_accuracy,
+        best_state=best_state,
+        stopped_early=stopped_early,
+    )
+
+
+def _should_stop(history: list[dict[str, Any]], best_epoch: int, config: TrainingConfig) -> bool:
+    return bool(config.patience and history and history[-1]["epoch"] - best_epoch >= config.patience)

@@ -1,0 +1,158 @@
+"""One epoch of training, and evaluation, over cached features."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
+from tqdm import tqdm
+
+from urbansound.features.frontend import AudioClassifier
+
+
+class FeatureDataset(Dataset):
+    """Cached dB features ``(n_bands, frames)`` and integer labels for a subset of clips.
+
+    Indexed with a whole list of positions at once (the loader uses a BatchSampler and ``batch_size=None``),
+    so a batch is one fancy-indexing read from the memory map instead of ``batch_size`` small ones.
+    """
+
+    def __init__(self, features: np.ndarray, labels: Sequence[int], indices: Sequence[int]) -> None:
+        self.features = features
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.indices = np.asarray(indices, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, positions: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = self.indices[np.asarray(positions)]
+        x = np.asarray(self.features[rows], dtype=np.float32)  # (batch, n_bands, frames)
+        return torch.from_numpy(x), torch.from_numpy(self.labels[rows])
+
+
+def make_loader(
+    dataset: FeatureDataset,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+    epoch: int = 0,
+    sampler: Sampler[int] | None = None,
+    num_workers: int = 0,
+) -> DataLoader:
+    """A loader whose order is a function of (seed, epoch) alone, so a resumed run sees the same batches."""
+    if sampler is None:
+        if shuffle:
+            generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+            sampler = RandomSampler(dataset, generator=generator)
+        else:
+            sampler = SequentialSampler(dataset)
+    batches = BatchSampler(sampler, batch_size=batch_size, drop_last=False)
+    return DataLoader(
+        dataset,
+        sampler=batches,
+        batch_size=None,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    accuracy: float
+    n_clips: int
+    seconds: float
+    data_wait_fraction: float  # share of the epoch spent waiting for the next batch
+
+
+def train_one_epoch(
+    model: AudioClassifier,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    device: torch.device,
+    criterion: nn.Module | None = None,
+    progress: bool = False,
+    desc: str = "train",
+) -> EpochStats:
+    """One pass over ``loader``; the scheduler steps every batch (one-cycle)."""
+    criterion = criterion or nn.CrossEntropyLoss()
+    model.train()
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    seen = 0
+    wait = 0.0
+    start = time.perf_counter()
+    bar = tqdm(total=len(loader), desc=desc, unit="batch", disable=not progress, leave=False)
+    iterator = iter(loader)
+    while True:
+        fetch = time.perf_counter()
+        try:
+            features, labels = next(iterator)
+        except StopIteration:
+            break
+        features = features.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        wait += time.perf_counter() - fetch
+        logits = model.classify_features(features)
+        loss = criterion(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        total_loss += loss.detach().double() * labels.shape[0]
+        correct += (logits.detach().argmax(1) == labels).sum()
+        seen += labels.shape[0]
+        bar.update(1)
+        if progress and bar.n % 10 == 0:
+            bar.set_postfix(loss=f"{total_loss.item() / seen:.3f}")
+    bar.close()
+    seconds = time.perf_counter() - start
+    return EpochStats(
+        loss=total_loss.item() / max(seen, 1),
+        accuracy=correct.item() / max(seen, 1),
+        n_clips=seen,
+        seconds=seconds,
+        data_wait_fraction=wait / seconds if seconds > 0 else 0.0,
+    )
+
+
+@dataclass
+class Predictions:
+    loss: float
+    accuracy: float
+    labels: np.ndarray  # (clips,)
+    probabilities: np.ndarray  # (clips, n_classes)
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return self.probabilities.argmax(axis=1)
+
+
+@torch.no_grad()
+def evaluate(
+    model: AudioClassifier, loader: DataLoader, device: torch.device, criterion: nn.Module | None = None
+) -> Predictions:
+    """Loss, accuracy and class probabilities over ``loader``, in eval mode."""
+    criterion = criterion or nn.CrossEntropyLoss(reduction="sum")
+    model.eval()
+    total_loss = 0.0
+    all_labels, all_probs = [], []
+    for features, labels in loader:
+        features, labels = features.to(device), labels.to(device)
+        logits = model.classify_features(features)
+        total_loss += float(nn.functional.cross_entropy(logits.float(), labels, reduction="sum"))
+        all_probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+        all_labels.append(labels.cpu().numpy())
+    labels_np = np.concatenate(all_labels) if all_labels else np.zeros(0, dtype=np.int64)
+    probs = np.concatenate(all_probs) if all_probs else np.zeros((0, 0), dtype=np.float32)
+    n = max(len(labels_np), 1)
+    accuracy = float((probs.argmax(1) == labels_np).mean()) if len(labels_np) else 0.0
+    return Predictions(loss=total_loss / n, accuracy=accuracy, labels=labels_np, probabilities=probs)

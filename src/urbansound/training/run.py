@@ -1,0 +1,249 @@
+"""A whole training run: validate data, split, cache features, fit, test once, write the run folder."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from urbansound.config import RunConfig, default_cache_dir
+from urbansound.data.metadata import DatasetIndex, Problem, load_metadata, write_problems
+from urbansound.data.splits import Split, make_split
+from urbansound.errors import ConfigError, DataError
+from urbansound.evaluation.metrics import classification_metrics
+from urbansound.evaluation.plots import plot_confusion_matrix, plot_history
+from urbansound.evaluation.report import write_report
+from urbansound.features.cache import CachedFeatures, FeatureCache, band_statistics
+from urbansound.io_utils import atomic_write_json, atomic_write_text
+from urbansound.modelfile import ModelSpec, build_classifier, save_model_file
+from urbansound.training.checkpoint import CHECKPOINT_NAME
+from urbansound.training.fit import fit, format_duration
+from urbansound.training.loop import FeatureDataset, evaluate, make_loader
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "config.json"
+MODEL_NAME = "model.safetensors"
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA, then Apple MPS, then CPU; anything else is passed to torch."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as error:
+        raise ConfigError(f"unknown device {name!r}: {error}") from None
+
+
+@dataclass
+class PreparedData:
+    """Metadata, split and cached features of a run; rows of ``features`` follow ``records``."""
+
+    index: DatasetIndex
+    split: Split
+    features: np.ndarray
+    labels: list[int]
+
+
+def prepare_data(config: RunConfig, progress: bool = True) -> PreparedData:
+    """Validate the metadata, split it, and make sure every clip of the split has cached features.
+
+    Clips whose audio cannot be decoded stop the run with a list of them (their features aside, every
+    computed entry is kept in the cache), or are dropped with ``skip_bad``.
+    """
+    index = load_metadata(config.annotations, config.data_dir, skip_bad=config.skip_bad)
+    split = make_split(index.records, config.split, config.training.seed)
+    cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir(config.data_dir)
+    cache = FeatureCache(cache_dir, config.audio, config.features)
+    paths = [r.path for r in index.records]
+    cached: CachedFeatures = cache.build(paths, progress=progress)
+    if cached.failed:
+        problems = list(cached.failed.values())
+        if not config.skip_bad:
+            listing = "\n  ".join(map(str, problems))
+            raise DataError(
+                f"{len(problems)} clip(s) could not be decoded (features of the others are cached; "
+                f"use --skip-bad to skip these):\n  {listing}"
+            )
+        logger.warning("skipping %d clip(s) that could not be decoded", len(problems))
+        index.skipped.extend(problems)
+        bad = set(cached.failed)
+        split = Split(
+            train=[i for i in split.train if i not in bad],
+            val=[i for i in split.val if i not in bad],
+            test=[i for i in split.test if i not in bad],
+            description=split.description,
+        )
+    for side, members in split.sizes.items():
+        if members == 0:
+            raise DataError(f"the {side} set is empty ({split.description})")
+    labels = [r.class_id for r in index.records]
+    return PreparedData(index=index, split=split, features=cached.array, labels=labels)
+
+
+def new_run_dir(config: RunConfig) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(config.runs_dir) / f"{stamp}-{config.name}"
+    suffix = 1
+    while run_dir.exists():
+        suffix += 1
+        run_dir = Path(config.runs_dir) / f"{stamp}-{config.name}-{suffix}"
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def load_run_config(run_dir: Path) -> RunConfig:
+    path = run_dir / CONFIG_NAME
+    if not path.is_file():
+        raise DataError(f"{run_dir}: not a run folder (no {CONFIG_NAME})")
+    try:
+        return RunConfig.from_dict(json.loads(path.read_text()))
+    except (ValueError, TypeError) as error:
+        raise DataError(f"{path}: unreadable run configuration ({error})") from None
+
+
+def _write_split(path: Path, index: DatasetIndex, split: Split) -> None:
+    """Which clip went where, so anyone can check that no recording spans two sides."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["slice_file_name", "fold", "fsID", "class", "side"])
+    for side, members in (("train", split.train), ("val", split.val), ("test", split.test)):
+        for i in members:
+            r = index.records[i]
+            writer.writerow([r.slice_file_name, r.fold, r.fs_id, r.class_name, side])
+    atomic_write_text(path, buffer.getvalue())
+
+
+def train(
+    config: RunConfig, resume_dir: Path | None = None, progress: bool = True, run_dir: Path | None = None
+) -> Path:
+    """Run (or resume) a training run and return its folder.
+
+    The folder gets ``config.json``, ``split.csv``, ``history.csv``, ``checkpoint.pt`` (for resuming),
+    ``model.safetensors`` (best validation epoch), ``metrics.json``, ``train_test_loss.png``,
+    ``confusion_matrix.png``, ``report.md`` and, if clips were skipped, ``skipped_clips.csv``.
+    """
+    started = time.perf_counter()
+    if resume_dir is not None:
+        config = load_run_config(resume_dir)
+        run_dir = resume_dir
+    config.validate()
+    data = prepare_data(config, progress=progress)
+    config.model.n_classes = len(data.index.class_names)
+    if resume_dir is None:
+        run_dir = run_dir or new_run_dir(config)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_dir / CONFIG_NAME, config.to_dict())
+    assert run_dir is not None
+    logger.info("run folder: %s", run_dir)
+    logger.info(
+        "split: %s (train %d, val %d, test %d clips)", data.split.description, *data.split.sizes.values()
+    )
+    _write_split(run_dir / "split.csv", data.index, data.split)
+    if data.index.skipped:
+        write_problems(data.index.skipped, run_dir / "skipped_clips.csv")
+        logger.warning(
+            "%d clip(s) skipped; listed in %s", len(data.index.skipped), run_dir / "skipped_clips.csv"
+        )
+
+    torch.manual_seed(config.training.seed)
+    device = resolve_device(config.training.device)
+    spec = ModelSpec(
+        audio=config.audio, features=config.features, model=config.model, class_names=data.index.class_names
+    )
+    model = build_classifier(spec)
+    mean, std = band_statistics(data.features, data.split.train)
+    model.normalizer.set_statistics(torch.from_numpy(mean), torch.from_numpy(std))
+
+    train_set = FeatureDataset(data.features, data.labels, data.split.train)
+    val_set = FeatureDataset(data.features, data.labels, data.split.val)
+    test_set = FeatureDataset(data.features, data.labels, data.split.test)
+    result = fit(
+        model,
+        train_set,
+        val_set,
+        config.training,
+        device,
+        run_dir / CHECKPOINT_NAME,
+        history_path=run_dir / "history.csv",
+        resume=resume_dir is not None,
+        progress=progress,
+    )
+
+    # Model selection is over: the test set is used once, on the best validation epoch's weights.
+    model.load_state_dict(result.best_state)
+    batch = max(config.training.batch_size, 64)
+    val = evaluate(model, make_loader(val_set, batch, shuffle=False), device)
+    test = evaluate(model, make_loader(test_set, batch, shuffle=False), device)
+    names = data.index.class_names
+    test_metrics = classification_metrics(test.labels.tolist(), test.predicted.tolist(), names)
+    val_metrics = classification_metrics(val.labels.tolist(), val.predicted.tolist(), names)
+    metrics = {
+        "test_accuracy": test_metrics["accuracy"],
+        "test_macro_f1": test_metrics["macro_f1"],
+        "val_accuracy": val_metrics["accuracy"],
+        "val_macro_f1": val_metrics["macro_f1"],
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+        "stopped_early": result.stopped_early,
+        "split": data.split.to_dict(),
+        "n_skipped": len(data.index.skipped),
+        "per_class": test_metrics["per_class"],
+        "test": test_metrics,
+        "val": val_metrics,
+        "class_names": names,
+        "wall_seconds": None,
+    }
+    save_model_file(
+        run_dir / MODEL_NAME,
+        model,
+        spec,
+        extra={
+            "val_accuracy": val_metrics["accuracy"],
+            "best_epoch": result.best_epoch,
+            "split": data.split.description,
+        },
+    )
+    plot_history(result.history, run_dir / "train_test_loss.png", test_accuracy=test_metrics["accuracy"])
+    plot_confusion_matrix(
+        test_metrics["confusion_matrix"],
+        names,
+        run_dir / "confusion_matrix.png",
+        title=f"{config.model.name} / {config.features.kind}: {data.split.description}",
+    )
+    metrics["wall_seconds"] = round(time.perf_counter() - started, 1)
+    atomic_write_json(run_dir / "metrics.json", metrics)
+    write_report(run_dir, config.to_dict(), metrics, result.history)
+    logger.info(
+        "test accuracy %.1f%%, macro-F1 %.3f on %s (best epoch %d, val accuracy %.1f%%) in %s",
+        100 * test_metrics["accuracy"],
+        test_metrics["macro_f1"],
+        f"test fold {config.split.test_fold}" if config.split.method == "folds" else "the random test split",
+        result.best_epoch,
+        100 * val_metrics["accuracy"],
+        format_duration(metrics["wall_seconds"]),
+    )
+    return run_dir
+
+
+def dry_run(config: RunConfig) -> tuple[DatasetIndex, Split]:
+    """Validate data and compute the split without decoding any audio."""
+    config.validate()
+    index = load_metadata(config.annotations, config.data_dir, skip_bad=config.skip_bad)
+    return index, make_split(index.records, config.split, config.training.seed)
+
+
+__all__ = ["train", "dry_run", "prepare_data", "resolve_device", "load_run_config", "Problem"]
