@@ -66,10 +66,19 @@ def prepare_data(config: RunConfig, progress: bool = True) -> PreparedData:
     """
     index = load_metadata(config.annotations, config.data_dir, skip_bad=config.skip_bad)
     split = make_split(index.records, config.split, config.training.seed)
+    # Only the clips of this split are decoded; records are narrowed to them so feature rows follow records.
+    used = sorted(set(split.train) | set(split.val) | set(split.test))
+    position = {record_index: row for row, record_index in enumerate(used)}
+    index.records = [index.records[i] for i in used]
+    split = Split(
+        train=[position[i] for i in split.train],
+        val=[position[i] for i in split.val],
+        test=[position[i] for i in split.test],
+        description=split.description,
+    )
     cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir(config.data_dir)
     cache = FeatureCache(cache_dir, config.audio, config.features)
-    paths = [r.path for r in index.records]
-    cached: CachedFeatures = cache.build(paths, progress=progress)
+    cached: CachedFeatures = cache.build([r.path for r in index.records], progress=progress)
     if cached.failed:
         problems = list(cached.failed.values())
         if not config.skip_bad:

@@ -1,0 +1,165 @@
+"""Training runs end to end on a tiny synthetic dataset: run folder contents, resume, determinism."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from urbansound.config import AudioConfig, FeatureConfig, RunConfig, SplitConfig, TrainingConfig
+from urbansound.data.synth import synthesize_dataset
+from urbansound.errors import DataError
+from urbansound.training import fit as fit_module
+from urbansound.training.run import train
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    dest = tmp_path_factory.mktemp("tiny")
+    return synthesize_dataset(dest, recordings_per_class=3, clips_per_recording=2, seed=1, n_folds=3,
+                              vary_formats=False)
+
+
+def tiny_config(root: Path, runs: Path, cache: Path, epochs: int = 3, **training: object) -> RunConfig:
+    """Small enough that a run takes a second or two: 16 kHz, 1 s clips, 32 bands."""
+    return RunConfig(
+        annotations=str(root / "metadata" / "UrbanSound8K.csv"), data_dir=str(root / "audio"),
+        audio=AudioConfig(sample_rate=16_000, duration=1.0),
+        features=FeatureConfig(n_fft=512, hop_length=256, n_mels=32),
+        split=SplitConfig(test_fold=3, val_fold=2),
+        training=TrainingConfig(epochs=epochs, batch_size=8, seed=3, **training),  # type: ignore[arg-type]
+        runs_dir=str(runs), cache_dir=str(cache), name="tiny")
+
+
+def test_run_folder_has_every_artefact(tiny_dataset: Path, tmp_path: Path) -> None:
+    run_dir = train(tiny_config(tiny_dataset, tmp_path / "runs", tmp_path / "cache"), progress=False)
+    for name in ("config.json", "history.csv", "metrics.json", "model.safetensors", "train_test_loss.png",
+                 "confusion_matrix.png", "report.md", "split.csv", "checkpoint.pt"):
+        assert (run_dir / name).is_file(), name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0
+    assert 1 <= metrics["best_epoch"] <= 3
+    assert metrics["split"]["sizes"] == {"train": 20, "val": 20, "test": 20}
+    assert set(metrics["per_class"]) == set(metrics["class_names"])
+    history = (run_dir / "history.csv").read_text().splitlines()
+    assert len(history) == 1 + 3
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["features"]["n_mels"] == 32 and config["model"]["n_classes"] == 10
+    # No recording is on two sides of the split.
+    sides: dict[str, set[str]] = {}
+    for line in (run_dir / "split.csv").read_text().splitlines()[1:]:
+        _, _, fs_id, _, side = line.split(",")
+        sides.setdefault(fs_id, set()).add(side)
+    assert all(len(s) == 1 for s in sides.values())
+
+
+def test_best_epoch_is_selected_on_validation_not_test(tiny_dataset: Path, tmp_path: Path) -> None:
+    run_dir = train(tiny_config(tiny_dataset, tmp_path / "runs", tmp_path / "cache", epochs=4), progress=False)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    rows = [line.split(",") for line in (run_dir / "history.csv").read_text().splitlines()[1:]]
+    val_acc = [float(r[4]) for r in rows]
+    assert metrics["best_epoch"] == 1 + int(np.argmax(val_acc))  # first epoch reaching the best validation
+    assert metrics["val_accuracy"] == pytest.approx(max(val_acc))
+
+
+def _weights(run_dir: Path) -> dict[str, np.ndarray]:
+    return load_file(str(run_dir / "model.safetensors"))
+
+
+def test_interrupted_run_resumes_to_identical_weights(tiny_dataset: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = tmp_path / "cache"
+    straight = train(tiny_config(tiny_dataset, tmp_path / "a", cache, epochs=4), progress=False)
+
+    real_save = fit_module.save_checkpoint
+
+    def save_then_interrupt(path: Path, state: dict) -> None:
+        real_save(path, state)
+        if state["epoch"] == 2:
+            raise KeyboardInterrupt  # Ctrl-C right after epoch 2's checkpoint
+
+    monkeypatch.setattr(fit_module, "save_checkpoint", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(tiny_dataset, tmp_path / "b", cache, epochs=4), progress=False)
+    monkeypatch.undo()
+    (interrupted,) = (tmp_path / "b").iterdir()
+    assert not (interrupted / "model.safetensors").exists()
+    resumed = train(RunConfig(), resume_dir=interrupted, progress=False)
+    assert resumed == interrupted
+
+    a, b = _weights(straight), _weights(resumed)
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    ma = json.loads((straight / "metrics.json").read_text())
+    mb = json.loads((resumed / "metrics.json").read_text())
+    for key in ("test_accuracy", "test_macro_f1", "val_accuracy", "best_epoch"):
+        assert ma[key] == mb[key], key
+    assert (straight / "history.csv").read_text().count("\n") == (resumed / "history.csv").read_text().count("\n")
+
+
+def test_killed_process_resumes_from_last_checkpoint(tiny_dataset: Path, tmp_path: Path) -> None:
+    """A real SIGKILL mid-run: the resumed run finishes with the same weights as an uninterrupted one."""
+    cache = tmp_path / "cache"
+    straight = train(tiny_config(tiny_dataset, tmp_path / "a", cache, epochs=6), progress=False)
+    config = tiny_config(tiny_dataset, tmp_path / "b", cache, epochs=6)
+    config_path = tmp_path / "config.json"
+    config_path.write_text(json.dumps(config.to_dict()))
+    code = ("import json, sys; from urbansound.config import RunConfig; from urbansound.training.run import train;"
+            f"train(RunConfig.from_dict(json.load(open({str(config_path)!r}))), progress=False)")
+    process = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + 120
+    checkpoint = None
+    while time.monotonic() < deadline and process.poll() is None:
+        found = list((tmp_path / "b").glob("*/checkpoint.pt"))
+        if found:
+            checkpoint = found[0]
+            break
+        time.sleep(0.05)
+    assert checkpoint is not None, "the run never wrote a checkpoint"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    run_dir = checkpoint.parent
+    resumed = train(RunConfig(), resume_dir=run_dir, progress=False)
+    a, b = _weights(straight), _weights(resumed)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_same_seed_same_result_different_seed_differs(tiny_dataset: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    one = train(tiny_config(tiny_dataset, tmp_path / "1", cache, epochs=2), progress=False)
+    two = train(tiny_config(tiny_dataset, tmp_path / "2", cache, epochs=2), progress=False)
+    config = tiny_config(tiny_dataset, tmp_path / "3", cache, epochs=2)
+    config.training.seed = 99
+    three = train(config, progress=False)
+    key = "backbone.classifier.weight"
+    np.testing.assert_array_equal(_weights(one)[key], _weights(two)[key])
+    assert not np.array_equal(_weights(one)[key], _weights(three)[key])
+
+
+def test_undecodable_clip_stops_run_naming_it_and_skip_bad_skips(tiny_dataset: Path, tmp_path: Path) -> None:
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(tiny_dataset, root)
+    victim = sorted((root / "audio" / "fold1").glob("*.wav"))[0]
+    victim.write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    config = tiny_config(root, tmp_path / "runs", tmp_path / "cache", epochs=1)
+    with pytest.raises(DataError, match=victim.name):
+        train(config, progress=False)
+    config.skip_bad = True
+    run_dir = train(config, progress=False)
+    skipped = (run_dir / "skipped_clips.csv").read_text()
+    assert victim.name in skipped
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["n_skipped"] == 1
+    assert sum(metrics["split"]["sizes"].values()) == 59
