@@ -10,12 +10,28 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SMALL = ["--sample-rate", "16000", "--duration", "1", "--n-fft", "512", "--hop-length", "256", "--n-mels", "32"]
+SMALL = [
+    "--sample-rate",
+    "16000",
+    "--duration",
+    "1",
+    "--n-fft",
+    "512",
+    "--hop-length",
+    "256",
+    "--n-mels",
+    "32",
+]
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "urbansound", "-q", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "urbansound", "-q", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +53,17 @@ def test_synth_writes_official_layout(dataset: Path) -> None:
 
 
 def test_dry_run_prints_split_sizes_without_decoding(dataset: Path, tmp_path: Path) -> None:
-    result = run("train", *data_args(dataset), "--dry-run", "--test-fold", "1", "--val-fold", "2",
-                 "--cache-dir", str(tmp_path / "cache"))
+    result = run(
+        "train",
+        *data_args(dataset),
+        "--dry-run",
+        "--test-fold",
+        "1",
+        "--val-fold",
+        "2",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    )
     assert result.returncode == 0, result.stderr
     assert "60 clips, 10 classes" in result.stdout
     assert "test fold 1" in result.stdout
@@ -53,9 +78,21 @@ def test_random_split_reproduces_seed_proportions_and_warns(dataset: Path) -> No
 
 
 def test_train_then_train_py_compat(dataset: Path, tmp_path: Path) -> None:
-    common = [*data_args(dataset), "--epochs", "2", *SMALL, "--test-fold", "1", "--val-fold", "2",
-              "--cache-dir", str(tmp_path / "cache")]
-    result = run("train", *common, "--runs-dir", str(tmp_path / "runs"), "--name", "cli", "--trans_type", "gamma")
+    common = [
+        *data_args(dataset),
+        "--epochs",
+        "2",
+        *SMALL,
+        "--test-fold",
+        "1",
+        "--val-fold",
+        "2",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
+    result = run(
+        "train", *common, "--runs-dir", str(tmp_path / "runs"), "--name", "cli", "--trans_type", "gamma"
+    )
     assert result.returncode == 0, result.stderr
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert run_dir.name.endswith("-cli")
@@ -64,9 +101,22 @@ def test_train_then_train_py_compat(dataset: Path, tmp_path: Path) -> None:
     assert config["features"]["kind"] == "gammatone"
     assert "test fold 1" in (run_dir / "report.md").read_text()
 
-    seed_style = subprocess.run([sys.executable, "train.py", *common, "--runs-dir", str(tmp_path / "seed"),
-                                 "--trans_type", "mel_spec", "-q"], cwd=REPO, capture_output=True, text=True,
-                                timeout=300)
+    seed_style = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            *common,
+            "--runs-dir",
+            str(tmp_path / "seed"),
+            "--trans_type",
+            "mel_spec",
+            "-q",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert seed_style.returncode == 0, seed_style.stderr
     (seed_run,) = (tmp_path / "seed").iterdir()
     assert json.loads((seed_run / "config.json").read_text())["features"]["kind"] == "mel_spec"
@@ -102,7 +152,9 @@ def test_bad_metadata_reports_every_problem_without_traceback(dataset: Path, tmp
     assert "Traceback" not in result.stderr
     for expected in ("nope-1-0-0.wav", "escape", "fold 12", "3 problem(s)"):
         assert expected in result.stderr, expected
-    skipped = run("train", "--annotations", str(bad), "--data", str(dataset / "audio"), "--dry-run", "--skip-bad")
+    skipped = run(
+        "train", "--annotations", str(bad), "--data", str(dataset / "audio"), "--dry-run", "--skip-bad"
+    )
     assert skipped.returncode == 0, skipped.stderr
     assert "60 clips" in skipped.stdout and "3 skipped" in skipped.stdout
 

@@ -24,25 +24,39 @@ from urbansound.training.run import train
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     dest = tmp_path_factory.mktemp("tiny")
-    return synthesize_dataset(dest, recordings_per_class=3, clips_per_recording=2, seed=1, n_folds=3,
-                              vary_formats=False)
+    return synthesize_dataset(
+        dest, recordings_per_class=3, clips_per_recording=2, seed=1, n_folds=3, vary_formats=False
+    )
 
 
 def tiny_config(root: Path, runs: Path, cache: Path, epochs: int = 3, **training: object) -> RunConfig:
     """Small enough that a run takes a second or two: 16 kHz, 1 s clips, 32 bands."""
     return RunConfig(
-        annotations=str(root / "metadata" / "UrbanSound8K.csv"), data_dir=str(root / "audio"),
+        annotations=str(root / "metadata" / "UrbanSound8K.csv"),
+        data_dir=str(root / "audio"),
         audio=AudioConfig(sample_rate=16_000, duration=1.0),
         features=FeatureConfig(n_fft=512, hop_length=256, n_mels=32),
         split=SplitConfig(test_fold=3, val_fold=2),
         training=TrainingConfig(epochs=epochs, batch_size=8, seed=3, **training),  # type: ignore[arg-type]
-        runs_dir=str(runs), cache_dir=str(cache), name="tiny")
+        runs_dir=str(runs),
+        cache_dir=str(cache),
+        name="tiny",
+    )
 
 
 def test_run_folder_has_every_artefact(tiny_dataset: Path, tmp_path: Path) -> None:
     run_dir = train(tiny_config(tiny_dataset, tmp_path / "runs", tmp_path / "cache"), progress=False)
-    for name in ("config.json", "history.csv", "metrics.json", "model.safetensors", "train_test_loss.png",
-                 "confusion_matrix.png", "report.md", "split.csv", "checkpoint.pt"):
+    for name in (
+        "config.json",
+        "history.csv",
+        "metrics.json",
+        "model.safetensors",
+        "train_test_loss.png",
+        "confusion_matrix.png",
+        "report.md",
+        "split.csv",
+        "checkpoint.pt",
+    ):
         assert (run_dir / name).is_file(), name
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert 0.0 <= metrics["test_accuracy"] <= 1.0
@@ -62,7 +76,9 @@ def test_run_folder_has_every_artefact(tiny_dataset: Path, tmp_path: Path) -> No
 
 
 def test_best_epoch_is_selected_on_validation_not_test(tiny_dataset: Path, tmp_path: Path) -> None:
-    run_dir = train(tiny_config(tiny_dataset, tmp_path / "runs", tmp_path / "cache", epochs=4), progress=False)
+    run_dir = train(
+        tiny_config(tiny_dataset, tmp_path / "runs", tmp_path / "cache", epochs=4), progress=False
+    )
     metrics = json.loads((run_dir / "metrics.json").read_text())
     rows = [line.split(",") for line in (run_dir / "history.csv").read_text().splitlines()[1:]]
     val_acc = [float(r[4]) for r in rows]
@@ -74,8 +90,9 @@ def _weights(run_dir: Path) -> dict[str, np.ndarray]:
     return load_file(str(run_dir / "model.safetensors"))
 
 
-def test_interrupted_run_resumes_to_identical_weights(tiny_dataset: Path, tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interrupted_run_resumes_to_identical_weights(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cache = tmp_path / "cache"
     straight = train(tiny_config(tiny_dataset, tmp_path / "a", cache, epochs=4), progress=False)
 
@@ -103,7 +120,9 @@ def test_interrupted_run_resumes_to_identical_weights(tiny_dataset: Path, tmp_pa
     mb = json.loads((resumed / "metrics.json").read_text())
     for key in ("test_accuracy", "test_macro_f1", "val_accuracy", "best_epoch"):
         assert ma[key] == mb[key], key
-    assert (straight / "history.csv").read_text().count("\n") == (resumed / "history.csv").read_text().count("\n")
+    assert (straight / "history.csv").read_text().count("\n") == (resumed / "history.csv").read_text().count(
+        "\n"
+    )
 
 
 def test_killed_process_resumes_from_last_checkpoint(tiny_dataset: Path, tmp_path: Path) -> None:
@@ -113,8 +132,10 @@ def test_killed_process_resumes_from_last_checkpoint(tiny_dataset: Path, tmp_pat
     config = tiny_config(tiny_dataset, tmp_path / "b", cache, epochs=6)
     config_path = tmp_path / "config.json"
     config_path.write_text(json.dumps(config.to_dict()))
-    code = ("import json, sys; from urbansound.config import RunConfig; from urbansound.training.run import train;"
-            f"train(RunConfig.from_dict(json.load(open({str(config_path)!r}))), progress=False)")
+    code = (
+        "import json; from urbansound.config import RunConfig; from urbansound.training.run import train;"
+        f"train(RunConfig.from_dict(json.load(open({str(config_path)!r}))), progress=False)"
+    )
     process = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "PYTHONUNBUFFERED": "1"})
     deadline = time.monotonic() + 120
     checkpoint = None

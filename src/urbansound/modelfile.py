@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from urbansound import MODEL_FORMAT_VERSION, __version__
 from urbansound.config import AudioConfig, FeatureConfig, ModelConfig, _from_dict
 from urbansound.errors import DataError
 from urbansound.features.frontend import AudioClassifier, BandNormalizer, SpectrogramFrontend
+from urbansound.io_utils import atomic_output
 from urbansound.models import create_model
 
 logger = logging.getLogger(__name__)
@@ -87,14 +86,8 @@ def save_model_file(
         "spec": spec.to_json(),
         "extra": json.dumps(extra or {}),
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
     return path
 
 

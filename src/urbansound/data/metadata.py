@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
@@ -108,7 +108,7 @@ def load_metadata(
 
     problems: list[Problem] = []
     bad_rows: set[int] = set()
-    names_by_id: dict[int, set[str]] = defaultdict(set)
+    names_by_id: dict[int, Counter[str]] = defaultdict(Counter)
     parsed: list[tuple[int, str, int, int, str, str]] = []
     seen: dict[tuple[int, str], int] = {}
     root = data_dir.resolve()
@@ -151,34 +151,33 @@ def load_metadata(
             problems.extend(Problem(label, p) for p in row_problems)
             bad_rows.add(line)
         if class_id >= 0 and class_name:
-            names_by_id[class_id].add(class_name)
+            names_by_id[class_id][class_name] += 1
         parsed.append((line, name, fold, class_id, class_name, fs_id))
 
-    # classID <-> class must be a one-to-one mapping over the whole file.
-    ids_by_name: dict[str, set[int]] = defaultdict(set)
+    # classID <-> class must be a one-to-one mapping over the whole file. Where most rows agree, only the
+    # dissenting rows are bad (a typo drops one clip, not a class); on a tie every row of the pair is bad.
+    ids_by_name: dict[str, Counter[int]] = defaultdict(Counter)
     for class_id, names in names_by_id.items():
-        for n in names:
-            ids_by_name[n].add(class_id)
-    inconsistent_ids = {i for i, names in names_by_id.items() if len(names) > 1}
-    inconsistent_names = {n for n, ids in ids_by_name.items() if len(ids) > 1}
-    for class_id in sorted(inconsistent_ids):
-        problems.append(
-            Problem(
-                annotations.name,
-                f"classID {class_id} has several class names: {', '.join(sorted(names_by_id[class_id]))}",
+        for n, count in names.items():
+            ids_by_name[n][class_id] += count
+    canonical_name = {i: _majority(names) for i, names in names_by_id.items()}
+    canonical_id = {n: _majority(ids) for n, ids in ids_by_name.items()}
+    for class_id in sorted(i for i, names in names_by_id.items() if len(names) > 1):
+        names = ", ".join(sorted(names_by_id[class_id]))
+        problems.append(Problem(annotations.name, f"classID {class_id} has several class names: {names}"))
+    for n in sorted(n for n, ids in ids_by_name.items() if len(ids) > 1):
+        ids = ", ".join(map(str, sorted(ids_by_name[n])))
+        problems.append(Problem(annotations.name, f"class {n!r} has several classIDs: {ids}"))
+    for line, name, _fold, class_id, class_name, _ in parsed:
+        if class_id < 0 or not class_name or line in bad_rows:
+            continue
+        if canonical_name[class_id] != class_name or canonical_id[class_name] != class_id:
+            problems.append(
+                Problem(
+                    name, f"classID {class_id} / class {class_name!r} disagrees with the rest of the metadata"
+                )
             )
-        )
-    for n in sorted(inconsistent_names):
-        problems.append(
-            Problem(
-                annotations.name,
-                f"class {n!r} has several classIDs: {', '.join(map(str, sorted(ids_by_name[n])))}",
-            )
-        )
-    if inconsistent_ids or inconsistent_names:
-        for line, _name, _fold, class_id, class_name, _ in parsed:
-            if class_id in inconsistent_ids or class_name in inconsistent_names:
-                bad_rows.add(line)
+            bad_rows.add(line)
 
     if problems and not skip_bad:
         shown = "\n  ".join(map(str, problems[:200]))
@@ -206,7 +205,7 @@ def load_metadata(
         )
     if not records:
         raise DataError(f"{annotations}: no usable clips ({len(problems)} problem(s))")
-    class_names = _class_names(names_by_id, inconsistent_ids)
+    class_names = _class_names(records, annotations)
     if problems:
         logger.warning(
             "skipping %d bad clip(s) of %d (see skipped_clips.csv in the run folder)",
@@ -216,12 +215,19 @@ def load_metadata(
     return DatasetIndex(records=records, class_names=class_names, skipped=problems)
 
 
-def _class_names(names_by_id: dict[int, set[str]], inconsistent: set[int]) -> list[str]:
+def _majority(counter: Counter) -> object | None:
+    """The value most rows agree on, or None when the top two are tied."""
+    (top, count), *rest = counter.most_common()
+    return top if not rest or rest[0][1] < count else None
+
+
+def _class_names(records: list[ClipRecord], annotations: Path) -> list[str]:
     """Class names indexed by class ID; IDs must be 0..K-1 (gaps would shift every label)."""
-    ids = sorted(i for i in names_by_id if i not in inconsistent)
+    names = {r.class_id: r.class_name for r in records}
+    ids = sorted(names)
     if ids != list(range(len(ids))):
-        raise DataError(f"class IDs must be 0..K-1 without gaps, got {ids}")
-    return [next(iter(names_by_id[i])) for i in ids]
+        raise DataError(f"{annotations}: class IDs must be 0..K-1 without gaps, got {ids}")
+    return [names[i] for i in ids]
 
 
 def write_problems(problems: list[Problem], path: Path) -> None:

@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from urbansound.data.audio import load_audio
 from urbansound.data.metadata import Problem
 from urbansound.errors import DataError
 from urbansound.features.frontend import SpectrogramFrontend
+from urbansound.io_utils import atomic_output, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -58,15 +58,8 @@ def file_key(path: Path) -> str:
 
 
 def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, array)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp, open(tmp, "wb") as handle:
+        np.save(handle, array)
 
 
 class _DecodeDataset(Dataset):
@@ -134,10 +127,7 @@ class FeatureCache:
                 },
                 indent=2,
             )
-            fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
-            with os.fdopen(fd, "w") as handle:
-                handle.write(text)
-            os.replace(tmp, path)
+            atomic_write_text(path, text)
 
     def build(
         self,
@@ -203,10 +193,7 @@ class FeatureCache:
         ).hexdigest()[:24]
         path = self.directory / "packs" / f"{digest}.npy"
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-            os.close(fd)
-            try:
+            with atomic_output(path) as tmp:
                 packed = np.lib.format.open_memmap(
                     tmp, mode="w+", dtype=np.dtype(self.dtype), shape=(len(keys), self.n_bands, self.n_frames)
                 )
@@ -214,10 +201,6 @@ class FeatureCache:
                     packed[i] = 0 if i in failed else np.load(self.entry_path(key))
                 packed.flush()
                 del packed
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
         return np.load(path, mmap_mode="r")
 
 

@@ -18,6 +18,9 @@ _LOGSTEP = np.log(6.4) / 27.0
 # Glasberg & Moore (1990) equivalent rectangular bandwidth.
 _EAR_Q = 9.26449
 _MIN_BW = 24.7
+# Glasberg & Moore (1990) ERB-rate scale, with their published constants: 21.4 log10(1 + 0.00437 f).
+_ERB_RATE_SCALE = 21.4
+_ERB_RATE_SLOPE = 0.00437  # 1/Hz
 # A 4th-order gammatone's bandwidth is 1.019 ERB (Patterson et al. 1992).
 _GAMMATONE_ORDER = 4
 _BW_FACTOR = 1.019
@@ -73,13 +76,13 @@ def erb(freq: np.ndarray | float) -> np.ndarray:
 
 
 def hz_to_erb_rate(freq: np.ndarray | float) -> np.ndarray:
-    """ERB-rate scale (Glasberg & Moore 1990): number of ERBs below ``freq`` Hz."""
-    return _EAR_Q * np.log(1.0 + np.asarray(freq, dtype=np.float64) / (_EAR_Q * _MIN_BW))
+    """ERB-rate scale (Glasberg & Moore 1990): number of ERBs below ``freq`` Hz, 21.4 log10(1 + 0.00437 f)."""
+    return _ERB_RATE_SCALE * np.log10(1.0 + _ERB_RATE_SLOPE * np.asarray(freq, dtype=np.float64))
 
 
 def erb_rate_to_hz(rate: np.ndarray | float) -> np.ndarray:
     """Inverse of :func:`hz_to_erb_rate`."""
-    return (np.exp(np.asarray(rate, dtype=np.float64) / _EAR_Q) - 1.0) * _EAR_Q * _MIN_BW
+    return (10.0 ** (np.asarray(rate, dtype=np.float64) / _ERB_RATE_SCALE) - 1.0) / _ERB_RATE_SLOPE
 
 
 def gammatone_center_frequencies(n_bands: int, f_min: float, f_max: float) -> np.ndarray:
