@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -167,7 +168,11 @@ class FeatureCache:
         )
         failed: dict[int, Problem] = {}
         out_dtype = np.float16 if self.dtype == "float16" else np.float32
-        bar = tqdm(total=len(paths), desc="features", unit="clip", disable=not progress, leave=False)
+        # disable=None: tqdm draws only on a terminal; in logs (CI, make) a line per 1000 clips says progress.
+        bar = tqdm(
+            total=len(paths), desc="features", unit="clip", disable=None if progress else True, leave=False
+        )
+        started, done, next_log = time.perf_counter(), 0, 1000
         with torch.inference_mode():
             for items in loader:
                 good = [(i, wav) for i, wav, _ in items if wav is not None]
@@ -181,6 +186,17 @@ class FeatureCache:
                     for (i, _), feature in zip(good, features, strict=True):
                         _atomic_save_npy(self.entry_path(keys[i]), feature)
                 bar.update(len(items))
+                done += len(items)
+                if progress and bar.disable and done >= next_log:
+                    rate = done / (time.perf_counter() - started)
+                    logger.info(
+                        "features: %d/%d clips, %.0f clips/s, ETA %.0f s",
+                        done,
+                        len(paths),
+                        rate,
+                        (len(paths) - done) / rate,
+                    )
+                    next_log += 1000
         bar.close()
         logger.info("computed features of %d clip(s) into %s", len(paths) - len(failed), self.directory)
         return failed

@@ -89,7 +89,8 @@ def train_one_epoch(
     seen = 0
     wait = 0.0
     start = time.perf_counter()
-    bar = tqdm(total=len(loader), desc=desc, unit="batch", disable=not progress, leave=False)
+    # disable=None: a bar on a terminal only; logs get the per-epoch line from fit().
+    bar = tqdm(total=len(loader), desc=desc, unit="batch", disable=None if progress else True, leave=False)
     iterator = iter(loader)
     while True:
         fetch = time.perf_counter()
