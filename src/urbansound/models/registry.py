@@ -41,4 +41,7 @@ def create_model(name: str, n_classes: int, n_bands: int, **kwargs: object) -> n
         factory = _REGISTRY[name]
     except KeyError:
         raise ConfigError(f"unknown model {name!r}; available: {', '.join(list_models())}") from None
-    return factory(n_classes=n_classes, n_bands=n_bands, **kwargs)
+    try:
+        return factory(n_classes=n_classes, n_bands=n_bands, **kwargs)
+    except TypeError as error:  # a misspelled option reaches the factory as an unexpected keyword
+        raise ConfigError(f"bad options for model {name!r}: {error}") from None
