@@ -147,6 +147,8 @@ class _DecodeDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, str | None]:
+        if not self.paths[i].is_file():
+            return i, None, f"{self.paths[i]}: no such file"
         try:
             return i, load_audio(self.paths[i], self.sample_rate), None
         except DataError as error:
