@@ -241,8 +241,8 @@ class Predictor:
             best = int(np.argmax(probs))
             windows.append(
                 Window(
-                    start_s=start / self.sample_rate,
-                    end_s=min(start + self.window, max(n_samples, 1)) / self.sample_rate,
+                    start_s=float(start) / self.sample_rate,
+                    end_s=float(min(start + self.window, max(n_samples, 1))) / self.sample_rate,
                     label=self.class_names[best],
                     probability=float(probs[best]),
                     probabilities=probs,
