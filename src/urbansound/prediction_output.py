@@ -31,15 +31,26 @@ from urbansound.io_utils import atomic_write_text
 FORMATS = ("text", "json", "csv")
 
 
+# File extensions searched for in folders, per libsndfile format. Formats that need out-of-band parameters
+# (RAW) or are rare outside labs (MAT, HTK, ...) are left out: a folder search should not pick up files that
+# merely share an extension. Files named explicitly are always tried, whatever their extension.
+_EXTENSIONS = {
+    "WAV": ("wav", "wave"),
+    "FLAC": ("flac",),
+    "OGG": ("ogg", "oga", "opus"),
+    "AIFF": ("aiff", "aif", "aifc"),
+    "AU": ("au", "snd"),
+    "CAF": ("caf",),
+    "W64": ("w64",),
+    "RF64": ("rf64",),
+    "MP3": ("mp3",),  # libsndfile >= 1.1
+}
+
+
 def audio_extensions() -> frozenset[str]:
-    """Lower-case file extensions (no dot) of the formats this libsndfile reads, for folder searches."""
-    extensions = {name.lower() for name in soundfile.available_formats()}
-    # Common spellings that are not format names: .aif is AIFF, .oga/.opus live in OGG containers.
-    if "aiff" in extensions:
-        extensions.add("aif")
-    if "ogg" in extensions:
-        extensions.update({"oga", "opus"})
-    return frozenset(extensions)
+    """Lower-case extensions (no dot) of the audio formats this libsndfile reads, for folder searches."""
+    available = soundfile.available_formats()
+    return frozenset(ext for name, exts in _EXTENSIONS.items() if name in available for ext in exts)
 
 
 def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
