@@ -27,13 +27,12 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-from torch.utils.data import DataLoader
 
 from urbansound.config import AudioConfig, FeatureConfig, ModelConfig
 from urbansound.data.audio import load_audio
 from urbansound.data.synth import CLASS_NAMES, synthesize_background, synthesize_event
 from urbansound.export import export_model, parity_inputs, reference_outputs, run_onnx
-from urbansound.inference import Predictor, _DecodeDataset, _first
+from urbansound.inference import Predictor, decode_loader
 from urbansound.modelfile import ModelSpec, build_classifier, save_model_file
 
 
@@ -87,20 +86,14 @@ def percentiles(seconds: list[float]) -> str:
 def onnx_label(session: object, predictor: Predictor, path: Path) -> str:
     """File to label with ONNX Runtime, windowed exactly like the Predictor."""
     waveform = load_audio(path, predictor.sample_rate)
-    windows = predictor._windows(waveform, predictor.window_starts(waveform.shape[0]))
+    windows = predictor.windows(waveform, predictor.window_starts(waveform.shape[0]))
     probabilities = session.run(["probabilities"], {"audio": windows.astype(np.float32)})[0]
     return predictor.class_names[int(probabilities.mean(axis=0).argmax())]
 
 
 def onnx_files(session: object, predictor: Predictor, paths: list[Path], batch: int, workers: int) -> int:
     """Decode in workers, run windows through ONNX Runtime ``batch`` at a time; returns files done."""
-    loader = DataLoader(
-        _DecodeDataset(paths, predictor.sample_rate),
-        batch_size=1,
-        num_workers=workers,
-        collate_fn=_first,
-        prefetch_factor=4 if workers else None,
-    )
+    loader = decode_loader(paths, predictor.sample_rate, workers)
     pending: list[np.ndarray] = []
     done = 0
 
@@ -110,7 +103,7 @@ def onnx_files(session: object, predictor: Predictor, paths: list[Path], batch: 
 
     for _, waveform, error in loader:
         assert error is None, error
-        pending.append(predictor._windows(waveform, predictor.window_starts(waveform.shape[0])))
+        pending.append(predictor.windows(waveform, predictor.window_starts(waveform.shape[0])))
         done += 1
         if sum(len(p) for p in pending) >= batch:
             flush()

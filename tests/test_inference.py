@@ -116,6 +116,9 @@ def test_array_input_matches_file_input(predictor: Predictor, tmp_path: Path) ->
     assert [w.start_s for w in from_file.windows] == [0.0, 0.5, 1.0, 1.2]
     with pytest.raises(ConfigError, match="sample_rate"):
         predictor.predict(audio)
+    # Finite but absurd samples (a broken float WAV) overflow the spectrogram: an error, not NaN results.
+    with pytest.raises(DataError, match="far outside"):
+        predictor.predict(np.full(8000, 1e30, np.float32), sample_rate=16_000)
 
 
 def test_predict_files_batches_keep_order_and_report_errors(

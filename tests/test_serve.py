@@ -123,6 +123,11 @@ def test_bad_uploads_get_a_clear_4xx(client: TestClient) -> None:
         "too large": (upload(client, b"\x00" * (MAX_UPLOAD + 100_000)), 413, "too large"),
         "too long": (upload(client, encode(np.zeros(16_000 * 31, np.float32), 16_000)), 413, "too long"),
         "nan": (upload(client, encode(nan_audio, 16_000, subtype="FLOAT")), 422, "NaN"),
+        "absurd samples": (
+            upload(client, encode(np.full(800, 1e30, np.float32), 16_000, subtype="FLOAT")),
+            422,
+            "far outside",
+        ),
         "no samples": (upload(client, encode(np.zeros(0, np.float32), 16_000)), 400, "no samples"),
         "missing file": (client.post("/classify"), 422, "file"),
         "bad top_k": (upload(client, encode(nan_audio[:50], 16_000), query="?top_k=0"), 422, "top_k"),

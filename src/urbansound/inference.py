@@ -136,7 +136,7 @@ class _Pending:
     probabilities: list[np.ndarray] = field(default_factory=list)  # one (n_classes,) per finished window
 
 
-class _DecodeDataset(Dataset):
+class DecodeDataset(Dataset):
     """Decodes one file per item in a DataLoader worker; an unreadable file becomes its error message."""
 
     def __init__(self, paths: Sequence[Path], sample_rate: int) -> None:
@@ -160,6 +160,18 @@ class _DecodeDataset(Dataset):
 def _first(batch: list[Any]) -> Any:
     """Collate for ``batch_size=1`` loaders: the item itself (module level, so workers can pickle it)."""
     return batch[0]
+
+
+def decode_loader(paths: Sequence[Path], sample_rate: int, num_workers: int) -> DataLoader:
+    """Yields ``(index, waveform or None, error or None)`` per path, in order, decoded in ``num_workers``
+    worker processes (0: in this process) to mono float32 at ``sample_rate`` Hz."""
+    return DataLoader(
+        DecodeDataset(paths, sample_rate),
+        batch_size=1,
+        num_workers=num_workers,
+        collate_fn=_first,
+        prefetch_factor=4 if num_workers else None,
+    )
 
 
 class Predictor:
@@ -206,8 +218,8 @@ class Predictor:
             starts = np.append(starts, n_samples - self.window)  # end-aligned last window: no padding
         return starts
 
-    def _windows(self, waveform: np.ndarray, starts: np.ndarray) -> np.ndarray:
-        """``(n_windows, window)`` view (no copy) of a mono waveform; short ones are padded first."""
+    def windows(self, waveform: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        """The ``(len(starts), window)`` windows of a mono waveform (a copy; short waveforms are padded)."""
         if waveform.shape[0] < self.window:
             waveform = np.pad(waveform, (0, self.window - waveform.shape[0]))
         view = np.lib.stride_tricks.sliding_window_view(waveform, self.window)
@@ -236,6 +248,9 @@ class Predictor:
     def _assemble(
         self, starts: np.ndarray, probabilities: np.ndarray, n_samples: int, source: str | None
     ) -> Prediction:
+        if not np.isfinite(probabilities).all():
+            # Finite but absurd samples (1e20 in a float WAV) overflow the power spectrum to inf.
+            raise DataError(f"{source or 'audio'}: samples far outside [-1, 1] give no finite prediction")
         windows = []
         for start, probs in zip(starts, probabilities, strict=True):
             best = int(np.argmax(probs))
@@ -289,9 +304,12 @@ class Predictor:
     ) -> Prediction:
         """Classify a mono float32 waveform ``(samples,)`` already at the model's sample rate."""
         starts = self.window_starts(waveform.shape[0], hop)
-        windows = self._windows(waveform, starts)  # (n_windows, window)
+        # One batch of windows at a time: a long recording's windows overlap, copying all would multiply it.
         probabilities = np.concatenate(
-            [self.probabilities(windows[i : i + batch_size]) for i in range(0, len(starts), batch_size)]
+            [
+                self.probabilities(self.windows(waveform, starts[i : i + batch_size]))
+                for i in range(0, len(starts), batch_size)
+            ]
         )
         return self._assemble(starts, probabilities, waveform.shape[0], source)
 
@@ -315,13 +333,7 @@ class Predictor:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
         workers = num_workers if len(paths) > 1 else 0  # a worker's start-up costs more than one file
-        loader = DataLoader(
-            _DecodeDataset(paths, self.sample_rate),
-            batch_size=1,
-            num_workers=workers,
-            collate_fn=_first,
-            prefetch_factor=4 if workers else None,
-        )
+        loader = decode_loader(paths, self.sample_rate, workers)
         pending: deque[_Pending] = deque()  # every file not yet yielded, in input order
         # Files with windows not yet through the model: (file, waveform, index of its next window).
         queue: deque[tuple[_Pending, np.ndarray, int]] = deque()
@@ -336,7 +348,7 @@ class Predictor:
                 item, waveform, first = queue.popleft()
                 assert item.starts is not None
                 take = min(batch_size - len(owners), len(item.starts) - first)
-                pieces.append(self._windows(waveform, item.starts[first : first + take]))
+                pieces.append(self.windows(waveform, item.starts[first : first + take]))
                 owners.extend([item] * take)
                 if first + take < len(item.starts):
                     queue.appendleft((item, waveform, first + take))
@@ -355,10 +367,14 @@ class Predictor:
                     yield FileResult(item.path, error=item.error)
                 else:
                     probabilities = np.stack(item.probabilities)  # (n_windows, n_classes)
-                    yield FileResult(
-                        item.path,
-                        prediction=self._assemble(item.starts, probabilities, item.n_samples, str(item.path)),
-                    )
+                    try:
+                        prediction = self._assemble(
+                            item.starts, probabilities, item.n_samples, str(item.path)
+                        )
+                    except DataError as error:
+                        yield FileResult(item.path, error=str(error))
+                    else:
+                        yield FileResult(item.path, prediction=prediction)
 
         bar = tqdm(total=len(paths), unit="file", disable=not progress, desc="predict")
         try:

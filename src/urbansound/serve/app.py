@@ -31,6 +31,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from urbansound import __version__
+from urbansound.errors import DataError
 from urbansound.inference import Predictor
 
 logger = logging.getLogger(__name__)
@@ -179,8 +180,11 @@ def create_app(
     ) -> dict[str, Any]:
         started = time.perf_counter()
         samples, sample_rate = decode_upload(data, max_duration_s)
-        waveform = predictor.prepare(samples, sample_rate)  # mono, model's rate
-        prediction = predictor.predict_waveform(waveform, hop=hop, source=filename)
+        try:
+            waveform = predictor.prepare(samples, sample_rate)  # mono, model's rate
+            prediction = predictor.predict_waveform(waveform, hop=hop, source=filename)
+        except DataError as error:
+            raise HTTPException(status_code=422, detail=str(error)) from None
         result: dict[str, Any] = {
             "filename": filename,
             "sample_rate": predictor.sample_rate,
@@ -190,6 +194,7 @@ def create_app(
         }
         if visuals:
             features = downsample_frames(predictor.features(waveform))  # (bands, frames), dB
+            features = np.nan_to_num(features, nan=0.0, posinf=0.0, neginf=0.0)  # JSON has no inf/NaN
             result["waveform"] = envelope(waveform)
             result["spectrogram"] = {
                 "db": np.round(features, 1).tolist(),  # rows: bands, lowest first
