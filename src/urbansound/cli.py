@@ -291,6 +291,92 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="model file (model.safetensors of a run folder)")
+    parser.add_argument(
+        "inputs", nargs="+", metavar="FILE_OR_FOLDER", help="audio files; folders recursively"
+    )
+    parser.add_argument("--format", choices=("text", "json", "csv"), default="text", help="output format")
+    parser.add_argument("--top-k", type=int, default=3, help="classes listed per file and window")
+    parser.add_argument(
+        "--hop", type=float, default=None, help="seconds between window starts (default: half a window)"
+    )
+    parser.add_argument("--timeline", action="store_true", help="text format: one line per window too")
+    parser.add_argument("--output", "-o", default=None, help="write here (atomically) instead of stdout")
+    parser.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
+    parser.add_argument("--workers", type=int, default=2, help="decoding worker processes")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or mps")
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from urbansound.inference import Predictor
+    from urbansound.prediction_output import collect_inputs, write_predictions
+
+    if args.top_k < 1:
+        raise ConfigError(f"--top-k must be at least 1, got {args.top_k}")
+    predictor = Predictor.from_file(args.model, device=args.device)
+    paths = collect_inputs(args.inputs)
+    if not paths:
+        raise ConfigError(f"no audio files found in {', '.join(args.inputs)}")
+    results = predictor.predict_files(
+        paths, batch_size=args.batch_size, num_workers=args.workers, progress=not args.quiet, hop=args.hop
+    )
+    failed = write_predictions(results, args.format, args.top_k, args.output, timeline=args.timeline)
+    for result in failed:
+        print(f"urbansound: failed: {result.error}", file=sys.stderr)
+    if failed:
+        print(f"urbansound: {len(failed)} of {len(paths)} file(s) could not be classified", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="model file (model.safetensors of a run folder)")
+    parser.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    parser.add_argument(
+        "--output", "-o", default=None, help="default: beside the model, model.audio.onnx / .torchscript.pt"
+    )
+    parser.add_argument("--no-check", action="store_true", help="skip the parity check against PyTorch")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from urbansound.export import export_model
+
+    result = export_model(args.model, args.format, args.output, check=not args.no_check)
+    print(f"{result.format} model: {result.path}")
+    print(
+        f"  input: {result.input} (mono float32 waveforms, batch x samples, at {result.sample_rate} Hz; "
+        f"windows of {result.window_samples} samples); outputs: logits, probabilities"
+    )
+    if result.max_abs_diff_probabilities is not None:
+        print(f"  parity with PyTorch: max |probability difference| {result.max_abs_diff_probabilities:.1e}")
+    return 0
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="model file (model.safetensors of a run folder)")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (loopback by default)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--max-upload-mb", type=float, default=50.0, help="largest accepted upload (MiB)")
+    parser.add_argument("--max-duration", type=float, default=600.0, help="longest accepted recording (s)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or mps")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from urbansound.serve import serve
+
+    if args.max_upload_mb <= 0 or args.max_duration <= 0:
+        raise ConfigError("--max-upload-mb and --max-duration must be positive")
+    serve(
+        args.model,
+        host=args.host,
+        port=args.port,
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+        max_duration_s=args.max_duration,
+        device=args.device,
+    )
+    return 0
+
+
 Command = tuple[
     str, str, Callable[[argparse.ArgumentParser], None] | None, Callable[[argparse.Namespace], int]
 ]
@@ -300,6 +386,9 @@ COMMANDS: list[Command] = [
     ("synth", "write a synthetic dataset in the UrbanSound8K layout", add_synth_arguments, cmd_synth),
     ("demo", "synthesise demo data, train, evaluate, write the report", add_demo_arguments, cmd_demo),
     ("models", "list registered models", None, cmd_models),
+    ("predict", "classify recordings with a trained model", add_predict_arguments, cmd_predict),
+    ("export", "export a model file to ONNX or TorchScript", add_export_arguments, cmd_export),
+    ("serve", "serve a model over HTTP (with a web page)", add_serve_arguments, cmd_serve),
 ]
 
 

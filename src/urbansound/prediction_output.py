@@ -1,0 +1,178 @@
+"""What ``urbansound predict`` reads and writes: input discovery and the text, JSON and CSV outputs.
+
+Formats (``top_k`` classes per result, most probable first):
+
+* ``text``: per file, its duration, window count and top classes with percentages; with ``timeline``,
+  one line per window. Failed files print ``ERROR: reason``.
+* ``json``: a list with one object per file, in input order:
+  ``{"file", "duration_s", "clip": {"label", "probability", "top_k": [{"label", "probability"}],
+  "probabilities": {class: p}}, "timeline": [{"start_s", "end_s", "label", "probability",
+  "probabilities"}], "error"}``; a failed file has ``"error": reason``, ``clip`` null, ``timeline`` [].
+* ``csv``: per file one ``clip`` row (the whole recording) then one ``window`` row per window, columns
+  ``file, scope, start_s, end_s, label_1, probability_1, ..., label_k, probability_k, error``; a failed file
+  is one row with scope ``error`` and its reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TextIO
+
+import soundfile
+
+from urbansound.inference import FileResult, Prediction
+from urbansound.io_utils import atomic_write_text
+
+FORMATS = ("text", "json", "csv")
+
+
+# File extensions searched for in folders, per libsndfile format. Formats that need out-of-band parameters
+# (RAW) or are rare outside labs (MAT, HTK, ...) are left out: a folder search should not pick up files that
+# merely share an extension. Files named explicitly are always tried, whatever their extension.
+_EXTENSIONS = {
+    "WAV": ("wav", "wave"),
+    "FLAC": ("flac",),
+    "OGG": ("ogg", "oga", "opus"),
+    "AIFF": ("aiff", "aif", "aifc"),
+    "AU": ("au", "snd"),
+    "CAF": ("caf",),
+    "W64": ("w64",),
+    "RF64": ("rf64",),
+    "MP3": ("mp3",),  # libsndfile >= 1.1
+}
+
+
+def audio_extensions() -> frozenset[str]:
+    """Lower-case extensions (no dot) of the audio formats this libsndfile reads, for folder searches."""
+    available = soundfile.available_formats()
+    return frozenset(ext for name, exts in _EXTENSIONS.items() if name in available for ext in exts)
+
+
+def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+    """Files as given, and folders searched recursively for audio files (sorted), in argument order.
+
+    A path that does not exist is kept, so that it is reported as a failed file with its reason.
+    """
+    extensions = audio_extensions()
+    paths: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            paths.extend(
+                sorted(p for p in item.rglob("*") if p.is_file() and p.suffix[1:].lower() in extensions)
+            )
+        else:
+            paths.append(item)
+    return paths
+
+
+def result_to_dict(result: FileResult, top_k: int) -> dict:
+    """The JSON object of one file (see the module docstring)."""
+    if result.prediction is None:
+        return {
+            "file": str(result.path),
+            "duration_s": None,
+            "clip": None,
+            "timeline": [],
+            "error": result.error,
+        }
+    return {"file": str(result.path), **result.prediction.to_dict(top_k=top_k), "error": None}
+
+
+def format_text(result: FileResult, top_k: int, timeline: bool = False) -> str:
+    """Human-readable lines for one file."""
+    if result.prediction is None:
+        reason = (result.error or "").removeprefix(f"{result.path}: ")  # the path starts the line already
+        return f"{result.path}  ERROR: {reason}\n"
+    prediction: Prediction = result.prediction
+    n = len(prediction.windows)
+    lines = [f"{result.path}  ({prediction.duration_s:.2f} s, {n} window{'s' if n != 1 else ''})"]
+    lines += [f"  {name:<20s} {100 * p:5.1f} %" for name, p in prediction.top_k(top_k)]
+    if timeline:
+        lines += [
+            f"    {w.start_s:8.2f}-{w.end_s:<8.2f} {w.label:<20s} {100 * w.probability:5.1f} %"
+            for w in prediction.windows
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def csv_header(top_k: int) -> list[str]:
+    ranked = [column for i in range(1, top_k + 1) for column in (f"label_{i}", f"probability_{i}")]
+    return ["file", "scope", "start_s", "end_s", *ranked, "error"]
+
+
+def csv_rows(result: FileResult, top_k: int) -> list[list[str]]:
+    """One ``clip`` row and one ``window`` row per window, or one ``error`` row."""
+    empty = [""] * (2 * top_k)
+    if result.prediction is None:
+        return [[str(result.path), "error", "", "", *empty, result.error or ""]]
+    prediction = result.prediction
+
+    def ranked(probabilities: Sequence[float]) -> list[str]:
+        order = sorted(range(len(probabilities)), key=lambda i: -probabilities[i])[:top_k]
+        cells = [cell for i in order for cell in (prediction.class_names[i], f"{probabilities[i]:.6f}")]
+        return cells + [""] * (2 * top_k - len(cells))
+
+    rows = [
+        [
+            str(result.path),
+            "clip",
+            "0.0000",
+            f"{prediction.duration_s:.4f}",
+            *ranked(list(prediction.probabilities)),
+            "",
+        ]
+    ]
+    rows += [
+        [str(result.path), "window", f"{w.start_s:.4f}", f"{w.end_s:.4f}", *ranked(list(w.probabilities)), ""]
+        for w in prediction.windows
+    ]
+    return rows
+
+
+def write_predictions(
+    results: Iterable[FileResult],
+    fmt: str = "text",
+    top_k: int = 3,
+    output: str | Path | None = None,
+    timeline: bool = False,
+    stream: TextIO | None = None,
+) -> list[FileResult]:
+    """Write every result in ``fmt`` to ``output`` (atomically) or ``stream`` (default stdout).
+
+    Text and CSV to a stream are written as results arrive; JSON and files are written once complete.
+    Returns the failed results, in order.
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown output format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    stream = stream if stream is not None else sys.stdout
+    target: TextIO = io.StringIO() if output is not None or fmt == "json" else stream
+    failed: list[FileResult] = []
+    objects: list[dict] = []
+    writer = csv.writer(target, lineterminator="\n") if fmt == "csv" else None
+    if writer is not None:
+        writer.writerow(csv_header(top_k))
+    for result in results:
+        if not result.ok:
+            failed.append(result)
+        if fmt == "json":
+            objects.append(result_to_dict(result, top_k))
+        elif writer is not None:
+            writer.writerows(csv_rows(result, top_k))
+        else:
+            target.write(format_text(result, top_k, timeline))
+        target.flush()
+    if fmt == "json":
+        target.write(json.dumps(objects, indent=2) + "\n")
+    if output is not None:
+        assert isinstance(target, io.StringIO)
+        atomic_write_text(Path(output), target.getvalue())
+    elif target is not stream:
+        assert isinstance(target, io.StringIO)
+        stream.write(target.getvalue())
+        stream.flush()
+    return failed

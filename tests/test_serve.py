@@ -1,0 +1,228 @@
+"""The HTTP service: endpoints, results equal to the library's, 4xx on bad uploads, a bounded load test."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from _server import running_server
+from _tiny_model import scene, tiny_model
+
+from urbansound.cli import main
+from urbansound.errors import DataError
+from urbansound.inference import Predictor
+
+fastapi = pytest.importorskip("fastapi", reason="the 'serve' extra is not installed")
+httpx = pytest.importorskip("httpx", reason="httpx (dev extra) is not installed")
+with warnings.catch_warnings():
+    # Starlette announces a future switch of its test client's HTTP library; not ours to act on.
+    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
+    from fastapi.testclient import TestClient
+
+from urbansound.serve import create_app  # noqa: E402
+
+MAX_UPLOAD = 1_000_000  # bytes
+MAX_DURATION = 30.0  # seconds
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_model(tmp_path_factory.getbasetemp() / "tiny_model")
+
+
+@pytest.fixture(scope="module")
+def app(model_path: Path) -> fastapi.FastAPI:
+    return create_app(model_path, max_upload_bytes=MAX_UPLOAD, max_duration_s=MAX_DURATION)
+
+
+@pytest.fixture(scope="module")
+def client(app: fastapi.FastAPI) -> TestClient:
+    return TestClient(app)  # raises server-side exceptions: any unexpected error fails the test
+
+
+def encode(audio: np.ndarray, sample_rate: int, fmt: str = "WAV", subtype: str | None = None) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, audio, sample_rate, format=fmt, subtype=subtype)
+    return buffer.getvalue()
+
+
+def upload(client: TestClient, data: bytes, name: str = "clip.wav", query: str = "") -> httpx.Response:
+    return client.post(f"/classify{query}", files={"file": (name, data, "application/octet-stream")})
+
+
+def test_health_classes_and_openapi(client: TestClient) -> None:
+    health = client.get("/health").json()
+    assert health["status"] == "ok" and health["n_classes"] == 4 and health["sample_rate"] == 16_000
+    assert health["max_upload_bytes"] == MAX_UPLOAD and health["max_duration_s"] == MAX_DURATION
+    assert client.get("/classes").json() == {"classes": ["background", "car_horn", "dog_bark", "siren"]}
+    schema = client.get("/openapi.json").json()
+    classify = schema["paths"]["/classify"]["post"]
+    assert "multipart/form-data" in classify["requestBody"]["content"]
+    assert {"400", "413", "415", "422"} <= set(classify["responses"])
+    assert {"/health", "/classes"} <= set(schema["paths"])
+
+
+def test_page_is_self_contained(client: TestClient) -> None:
+    response = client.get("/")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+    page = response.text
+    for element in ('id="file"', 'id="bars"', 'id="waveform"', 'id="spectrogram"'):
+        assert element in page
+    # Offline: no scripts, styles or fonts from elsewhere.
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
+    assert "@import" not in page and "url(http" not in page
+
+
+def test_classify_matches_the_library(client: TestClient, model_path: Path, tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    siren = scene("siren", 2.5, 44_100, rng)
+    data = encode(np.stack([siren, 0.7 * siren], axis=1), 44_100, "FLAC")
+    response = upload(client, data, "siren.flac", "?top_k=2")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["filename"] == "siren.flac" and body["duration_s"] == pytest.approx(2.5, abs=1e-3)
+    assert body["hop_s"] == 0.5 and body["window_s"] == 1.0
+    assert [w["start_s"] for w in body["timeline"]] == [0.0, 0.5, 1.0, 1.5]
+    assert body["clip"]["label"] == "siren" and len(body["clip"]["top_k"]) == 2
+    assert "waveform" not in body  # visuals only on request
+    path = tmp_path / "siren.flac"
+    path.write_bytes(data)
+    expected = Predictor.from_file(model_path).predict(path)
+    got = np.array([body["clip"]["probabilities"][name] for name in expected.class_names])
+    np.testing.assert_allclose(got, expected.probabilities, atol=1e-5)
+
+
+def test_classify_visuals_for_the_page(client: TestClient) -> None:
+    rng = np.random.default_rng(4)
+    data = encode(scene("dog_bark", 12.0, 16_000, rng), 16_000, "OGG", "VORBIS")
+    body = upload(client, data, "bark.ogg", "?visuals=true&hop=2").json()
+    # 12 s, hop 2 s, 1 s windows: starts 0, 2, ..., 10, and one aligned to the end.
+    assert [w["start_s"] for w in body["timeline"]] == [0.0, 2.0, 4.0, 6.0, 8.0, 10.0, 11.0]
+    assert len(body["waveform"]["min"]) == len(body["waveform"]["max"]) == 800
+    assert all(lo <= hi for lo, hi in zip(body["waveform"]["min"], body["waveform"]["max"], strict=True))
+    spectrogram = body["spectrogram"]
+    db = np.array(spectrogram["db"])
+    assert db.shape == (32, spectrogram["n_frames"]) and spectrogram["n_frames"] == 400
+    assert spectrogram["min_db"] == pytest.approx(db.min(), abs=0.1) and db.max() - db.min() > 20
+
+
+def test_bad_uploads_get_a_clear_4xx(client: TestClient) -> None:
+    rng = np.random.default_rng(5)
+    nan_audio = scene(None, 0.5, 16_000, rng)
+    nan_audio[100] = np.nan
+    cases = {
+        "empty": (upload(client, b""), 400, "empty upload"),
+        "garbage": (upload(client, b"RIFF" + bytes(range(256)) * 8), 415, "cannot decode"),
+        "text": (upload(client, b"hello, world\n" * 100, "notes.txt"), 415, "cannot decode"),
+        "too large": (upload(client, b"\x00" * (MAX_UPLOAD + 100_000)), 413, "too large"),
+        "too long": (upload(client, encode(np.zeros(16_000 * 31, np.float32), 16_000)), 413, "too long"),
+        "nan": (upload(client, encode(nan_audio, 16_000, subtype="FLOAT")), 422, "NaN"),
+        "absurd samples": (
+            upload(client, encode(np.full(800, 1e30, np.float32), 16_000, subtype="FLOAT")),
+            422,
+            "far outside",
+        ),
+        "no samples": (upload(client, encode(np.zeros(0, np.float32), 16_000)), 400, "no samples"),
+        "missing file": (client.post("/classify"), 422, "file"),
+        "bad top_k": (upload(client, encode(nan_audio[:50], 16_000), query="?top_k=0"), 422, "top_k"),
+        "bad hop": (upload(client, encode(nan_audio[:50], 16_000), query="?hop=-1"), 422, "hop"),
+    }
+    for name, (response, status, detail) in cases.items():
+        assert response.status_code == status, (name, response.text)
+        assert detail in str(response.json()["detail"]), (name, response.text)
+        assert "Traceback" not in response.text, name
+
+
+def test_cli_serve_passes_limits_and_reports_bad_model(
+    model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import urbansound.serve as serve_module
+
+    calls: list[dict] = []
+    monkeypatch.setattr(
+        serve_module, "serve", lambda model, **kwargs: calls.append({"model": model, **kwargs})
+    )
+    argv = ["serve", str(model_path), "--port", "8123", "--max-upload-mb", "2", "--max-duration", "45"]
+    assert main(argv) == 0
+    assert calls == [
+        {
+            "model": str(model_path),
+            "host": "127.0.0.1",
+            "port": 8123,
+            "max_upload_bytes": 2 * 2**20,
+            "max_duration_s": 45.0,
+            "device": "cpu",
+        }
+    ]
+    monkeypatch.undo()
+    damaged = tmp_path / "damaged.safetensors"
+    damaged.write_bytes(b"\x00" * 100)
+    with pytest.raises(DataError):
+        create_app(damaged)
+    assert main(["serve", str(damaged)]) == 2
+    assert "damaged.safetensors" in capsys.readouterr().err
+
+
+def test_oversized_chunked_upload_is_refused_over_http(app: fastapi.FastAPI) -> None:
+    """No Content-Length (chunked): the body is counted as it arrives and refused past the limit."""
+
+    def body() -> object:
+        yield b'--boundary\r\nContent-Disposition: form-data; name="file"; filename="x.wav"\r\n\r\n'
+        for _ in range(40):
+            yield b"\x00" * 65_536  # 2.5 MB in all
+        yield b"\r\n--boundary--\r\n"
+
+    with running_server(app) as url, httpx.Client(timeout=30) as http:
+        response = http.post(
+            f"{url}/classify",
+            content=body(),
+            headers={"content-type": "multipart/form-data; boundary=boundary"},
+        )
+        assert response.status_code == 413, response.text
+        assert "too large" in response.json()["detail"]
+        assert http.get(f"{url}/health").status_code == 200  # the server is still fine
+
+
+def test_concurrent_requests_on_loopback(app: fastapi.FastAPI) -> None:
+    """64 uploads, 16 at a time, of 4 different recordings: all 200, identical results per recording."""
+    rng = np.random.default_rng(6)
+    recordings = [
+        encode(scene(name, duration, rate, rng), rate)
+        for name, duration, rate in (
+            ("siren", 2.0, 22_050),
+            ("dog_bark", 1.0, 16_000),
+            ("car_horn", 3.0, 44_100),
+            ("background", 0.5, 8_000),
+        )
+    ]
+
+    async def run(url: str) -> list[tuple[int, int, dict]]:
+        limit = asyncio.Semaphore(16)
+        async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+
+            async def one(i: int) -> tuple[int, int, dict]:
+                async with limit:
+                    files = {"file": (f"{i}.wav", recordings[i % 4], "audio/wav")}
+                    response = await http.post("/classify", files=files)
+                    return i % 4, response.status_code, response.json()
+
+            return await asyncio.gather(*(one(i) for i in range(64)))
+
+    with running_server(app) as url:
+        results = asyncio.run(asyncio.wait_for(run(url), timeout=240))
+    assert [status for _, status, _ in results] == [200] * 64, [body for _, s, body in results if s != 200][
+        :3
+    ]
+    for which in range(4):
+        bodies = [body for k, _, body in results if k == which]
+        assert len(bodies) == 16
+        first = bodies[0]["clip"]["probabilities"]
+        for body in bodies[1:]:
+            assert body["clip"]["probabilities"] == pytest.approx(first, abs=1e-6)
+    assert results[0][2]["clip"]["label"] == "siren"
