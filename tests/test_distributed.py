@@ -29,10 +29,11 @@ from urbansound.training.distributed import GlobalBatchNorm2d, GlobalBatchSample
 from urbansound.training.loop import FeatureDataset, make_loader
 from urbansound.training.run import train
 
-# Relative tolerance on per-epoch losses, 2 processes x 8 clips against 1 process x 16 clips. Measured
-# differences are ~2e-8 (a few float32 ulps: the same global batches and synchronised BatchNorm leave only
-# the order of float sums); a real mismatch (per-rank BatchNorm statistics, a wrong batch partition)
-# shows at 1e-3 or more. 1e-5 leaves room for chaotic growth over more steps and other CPUs.
+# Relative tolerance on per-epoch losses, 2 processes x 8 clips against 1 process x 16 clips. Measured over
+# these 4 epochs: at most 8e-8 (a few float32 ulps: the same global batches and synchronised BatchNorm
+# leave only the order of float sums), while per-rank BatchNorm statistics, the one thing left to differ
+# without synchronisation, give 3e-2 (train) and 3e-3 (validation). 1e-5 is 100x the first, 1/1000 of the
+# second: room for rounding to grow over more steps or on other CPUs, none for a real mismatch.
 LOSS_RTOL = 1e-5
 EPOCHS = 4
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
