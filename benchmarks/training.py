@@ -58,14 +58,31 @@ def subset(annotations: str, data: str, limit: int, dest: Path) -> tuple[Path, P
     folds = index.folds[:2]
     with open(annotations, newline="") as handle:
         rows = list(csv.DictReader(handle))
-    keep = [r for r in rows if int(r["fold"]) == folds[0]][:limit]
-    keep += [r for r in rows if int(r["fold"]) == folds[1]][: max(limit // 4, 10)]
+    keep = _every_class([r for r in rows if int(r["fold"]) == folds[0]], limit)
+    keep += _every_class([r for r in rows if int(r["fold"]) == folds[1]], max(limit // 4, 20))
     out = dest / "subset.csv"
     with open(out, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(keep)
     return out, Path(data)
+
+
+def _every_class(rows: list[dict[str, str]], limit: int) -> list[dict[str, str]]:
+    """``limit`` rows taken from each class in turn, so a small subset still has every class."""
+    by_class: dict[str, list[dict[str, str]]] = {}
+    for row in rows:
+        by_class.setdefault(row["classID"], []).append(row)
+    queues = [iter(group) for _, group in sorted(by_class.items())]
+    keep: list[dict[str, str]] = []
+    while queues and len(keep) < limit:
+        for queue in list(queues):
+            row = next(queue, None)
+            if row is None:
+                queues.remove(queue)
+            elif len(keep) < limit:
+                keep.append(row)
+    return keep
 
 
 def synthetic(limit: int, dest: Path) -> tuple[Path, Path]:
@@ -230,7 +247,8 @@ def section_ddp(args: argparse.Namespace) -> dict[str, float]:
             "--epochs", str(args.epochs), "--batch-size", str(BATCH), "--device", "cpu",
             "--cache-dir", args.cache_dir, "--runs-dir", runs,
         ]  # fmt: skip
-        result = subprocess.run(command, capture_output=True, text=True)
+        env = {**os.environ, **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})}
+        result = subprocess.run(command, capture_output=True, text=True, env=env)
         if result.returncode:
             raise RuntimeError(f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}")
         (run_dir,) = Path(runs).iterdir()
@@ -291,6 +309,7 @@ def main() -> None:
     parser.add_argument("--section", choices=sorted(SECTIONS), help=argparse.SUPPRESS)
     parser.add_argument("--cache-dir", help=argparse.SUPPRESS)
     parser.add_argument("--nproc", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--train-fold", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--test-fold", type=int, default=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -325,8 +344,12 @@ def main() -> None:
         rows = [
             ("cached features, 1 process", cached),
             (f"decode + features every epoch ({os.cpu_count()} workers)", run_section("seed", args)),
-            ("torchrun, 1 process (CPU)", run_section("ddp", args, nproc=1, **folds)),
-            ("torchrun, 2 processes (CPU, gloo)", run_section("ddp", args, nproc=2, **folds)),
+            (
+                f"torchrun, 1 process x {os.cpu_count()} threads (CPU)",
+                run_section("ddp", args, nproc=1, **folds),
+            ),
+            ("torchrun, 1 process x 1 thread (CPU)", run_section("ddp", args, nproc=1, threads=1, **folds)),
+            ("torchrun, 2 processes x 1 thread (CPU, gloo)", run_section("ddp", args, nproc=2, **folds)),
         ]
         gpu = run_section("gpu", args) if torch.cuda.is_available() else None
         if gpu is not None:
@@ -340,9 +363,8 @@ def main() -> None:
     print("(peak RSS: the measuring process / its largest child: loader worker, or torchrun worker)")
     speedup = rows[1][1]["epoch_s"] / cached["epoch_s"]
     print(f"cached features vs decoding every epoch: {speedup:.1f}x faster per epoch")
-    print(
-        f"2 vs 1 CPU processes: {rows[3][1]['clips_per_s'] / rows[2][1]['clips_per_s']:.2f}x the throughput"
-    )
+    one, one_thread, two = (rows[i][1]["clips_per_s"] for i in (2, 3, 4))
+    print(f"2 vs 1 CPU processes: {two / one:.2f}x the throughput ({two / one_thread:.2f}x that of 1 thread)")
     if gpu is None:
         print("GPU: skipped (no CUDA device on this machine)")
     else:
