@@ -42,8 +42,13 @@ class _Decode(Dataset):
 
 
 def floor(paths: list[Path], audio: AudioConfig, workers: int) -> float:
-    loader = DataLoader(_Decode(paths, audio), batch_size=32, num_workers=workers, collate_fn=list,
-                        prefetch_factor=4 if workers else None)
+    loader = DataLoader(
+        _Decode(paths, audio),
+        batch_size=32,
+        num_workers=workers,
+        collate_fn=list,
+        prefetch_factor=4 if workers else None,
+    )
     start = time.perf_counter()
     n = sum(len(batch) for batch in loader)
     return n / (time.perf_counter() - start)
@@ -66,18 +71,23 @@ def librosa_naive(paths: list[Path], audio: AudioConfig, features: FeatureConfig
     for path in paths:
         y, sr = librosa.load(path, sr=audio.sample_rate, mono=True)
         y = librosa.util.fix_length(y, size=audio.n_samples)
-        mel = librosa.feature.melspectrogram(y=y, sr=sr, n_fft=features.n_fft, hop_length=features.hop_length,
-                                             n_mels=features.n_mels)
+        mel = librosa.feature.melspectrogram(
+            y=y, sr=sr, n_fft=features.n_fft, hop_length=features.hop_length, n_mels=features.n_mels
+        )
         librosa.power_to_db(mel, top_db=features.top_db)
     return len(paths) / (time.perf_counter() - start)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--annotations")
     parser.add_argument("--data")
     parser.add_argument("--limit", type=int, default=600, help="clips per pipeline")
-    parser.add_argument("--librosa-limit", type=int, default=150, help="clips for the (slow) librosa pipeline")
+    parser.add_argument(
+        "--librosa-limit", type=int, default=150, help="clips for the (slow) librosa pipeline"
+    )
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     audio, features = AudioConfig(), FeatureConfig()
@@ -87,15 +97,18 @@ def main() -> None:
             source = f"{args.annotations}"
         else:
             per_class = max(1, args.limit // 30)
-            root = synthesize_dataset(Path(tmp), recordings_per_class=per_class, clips_per_recording=3,
-                                      vary_formats=False)
+            root = synthesize_dataset(
+                Path(tmp), recordings_per_class=per_class, clips_per_recording=3, vary_formats=False
+            )
             paths = sorted((root / "audio").glob("fold*/*.wav"))[: args.limit]
             source = "synthetic 22.05 kHz mono 16-bit 4 s clips"
         # Warm the page cache so every pipeline reads from memory, not disk.
         for p in paths:
             p.read_bytes()
-        print(f"{len(paths)} clips from {source}; 64-band log-mel at {audio.sample_rate} Hz, "
-              f"{audio.duration:g} s, {args.workers} worker process(es), {os.cpu_count()} cores")
+        print(
+            f"{len(paths)} clips from {source}; 64-band log-mel at {audio.sample_rate} Hz, "
+            f"{audio.duration:g} s, {args.workers} worker process(es), {os.cpu_count()} cores"
+        )
         floor_rate = floor(paths, audio, args.workers)
         project_rate = project(paths, audio, features, args.workers)
         librosa_rate = librosa_naive(paths[: args.librosa_limit], audio, features)

@@ -37,7 +37,11 @@ def tiny_config(root: Path, runs: Path, cache: Path, epochs: int = 3, **training
         audio=AudioConfig(sample_rate=16_000, duration=1.0),
         features=FeatureConfig(n_fft=512, hop_length=256, n_mels=32),
         split=SplitConfig(test_fold=3, val_fold=2),
-        training=TrainingConfig(epochs=epochs, batch_size=8, seed=3, **training),  # type: ignore[arg-type]
+        # CPU unless asked otherwise, also where a GPU is present: tests check bit-exact resume, which CUDA
+        # kernels do not promise.
+        training=TrainingConfig(
+            **{"epochs": epochs, "batch_size": 8, "seed": 3, "device": "cpu", **training}
+        ),
         runs_dir=str(runs),
         cache_dir=str(cache),
         name="tiny",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -69,6 +70,12 @@ def add_feature_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--f-max", type=float, default=features.f_max, help="Hz (default: Nyquist)")
     group.add_argument("--top-db", type=float, default=features.top_db)
     group.add_argument("--cache-dir", default="", help="feature cache (default: beside the data folder)")
+    group.add_argument(
+        "--cache-dtype",
+        choices=("float32", "float16"),
+        default="float32",
+        help="storage type of cached features (float16 halves the cache)",
+    )
 
 
 def feature_configs(args: argparse.Namespace) -> tuple[AudioConfig, FeatureConfig]:
@@ -110,7 +117,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--model", default="cnn", help="registered model name (see `urbansound models`)")
     group.add_argument("--epochs", type=int, default=training.epochs)
     group.add_argument(
-        "--batch-size", "--batch_size", dest="batch_size", type=int, default=training.batch_size
+        "--batch-size",
+        "--batch_size",
+        dest="batch_size",
+        type=int,
+        default=training.batch_size,
+        help="global batch: under torchrun each of N processes takes batch-size / N clips",
     )
     group.add_argument(
         "--lr",
@@ -125,7 +137,16 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--patience", type=int, default=None, help="early stopping patience in epochs")
     group.add_argument("--seed", type=int, default=training.seed)
     group.add_argument("--workers", type=int, default=training.num_workers, help="data-loader workers")
-    group.add_argument("--device", default=training.device, help="cpu, cuda, mps or auto")
+    group.add_argument(
+        "--device", default=training.device, help="auto (CUDA, then MPS, then CPU), cuda, mps or cpu"
+    )
+    group.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        default=training.precision,
+        help="autocast dtype; auto: bf16 on CUDA (fp16 with loss scaling on GPUs without bf16), else fp32",
+    )
+    group.add_argument("--compile", action="store_true", help="wrap the model with torch.compile")
     group = parser.add_argument_group("run")
     group.add_argument("--name", default="run", help="suffix of the run folder")
     group.add_argument("--runs-dir", default="runs")
@@ -168,15 +189,19 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
             seed=args.seed,
             num_workers=args.workers,
             device=args.device,
+            precision=args.precision,
+            compile=args.compile,
         ),
         name=args.name,
         runs_dir=str(args.runs_dir),
         cache_dir=args.cache_dir,
+        cache_dtype=args.cache_dtype,
         skip_bad=args.skip_bad,
     )
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from urbansound.training.distributed import is_main_process
     from urbansound.training.run import dry_run, train
 
     if args.resume is not None:
@@ -199,8 +224,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             )
             return 0
         run_dir = train(config, progress=not args.quiet)
-    print(f"run folder: {run_dir}")
-    print(f"report: {run_dir / 'report.md'}")
+    if is_main_process():
+        print(f"run folder: {run_dir}")
+        print(f"report: {run_dir / 'report.md'}")
     return 0
 
 
@@ -410,8 +436,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Under torchrun every process runs this; rank 0 alone reports progress, the others only problems.
+    quiet_rank = os.environ.get("RANK", "0") != "0"
+    if quiet_rank:
+        args.quiet = True
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.WARNING if quiet_rank else logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
     )

@@ -136,11 +136,13 @@ class FeatureCache:
         num_workers: int | None = None,
         batch_size: int = 32,
         progress: bool = True,
+        device: str | torch.device | None = None,
     ) -> CachedFeatures:
         """Make sure every file has an entry, then return the stacked features of ``paths`` in order.
 
         Files that cannot be decoded are reported in ``failed`` (with the reason); every other entry is
-        computed and kept, so a re-run after fixing the bad files only computes those.
+        computed and kept, so a re-run after fixing the bad files only computes those. Decoding runs in
+        DataLoader workers; the front end runs on ``device`` (default CPU), ``batch_size`` clips at a time.
         """
         self._write_settings()
         paths = [Path(p) for p in paths]
@@ -149,13 +151,24 @@ class FeatureCache:
         failed: dict[int, Problem] = {}
         if todo:
             failed = self._compute(
-                [paths[i] for i in todo], [keys[i] for i in todo], num_workers, batch_size, progress
+                [paths[i] for i in todo],
+                [keys[i] for i in todo],
+                num_workers,
+                batch_size,
+                progress,
+                torch.device(device or "cpu"),
             )
             failed = {todo[i]: problem for i, problem in failed.items()}
         return CachedFeatures(array=self._pack(keys, set(failed)), failed=failed)
 
     def _compute(
-        self, paths: list[Path], keys: list[str], num_workers: int | None, batch_size: int, progress: bool
+        self,
+        paths: list[Path],
+        keys: list[str],
+        num_workers: int | None,
+        batch_size: int,
+        progress: bool,
+        device: torch.device,
     ) -> dict[int, Problem]:
         if num_workers is None:
             num_workers = min(len(paths) // batch_size, os.cpu_count() or 1)
@@ -166,6 +179,7 @@ class FeatureCache:
             collate_fn=_collate,
             prefetch_factor=4 if num_workers else None,
         )
+        frontend = self.frontend.to(device)
         failed: dict[int, Problem] = {}
         out_dtype = np.float16 if self.dtype == "float16" else np.float32
         # disable=None: tqdm draws only on a terminal; in logs (CI, make) a line per 1000 clips says progress.
@@ -181,8 +195,8 @@ class FeatureCache:
                         failed[i] = Problem(paths[i].name, message)
                         logger.error("%s", message)
                 if good:
-                    batch = torch.from_numpy(np.stack([wav for _, wav in good]))
-                    features = self.frontend(batch).numpy().astype(out_dtype, copy=False)
+                    batch = torch.from_numpy(np.stack([wav for _, wav in good])).to(device)
+                    features = frontend(batch).cpu().numpy().astype(out_dtype, copy=False)
                     for (i, _), feature in zip(good, features, strict=True):
                         _atomic_save_npy(self.entry_path(keys[i]), feature)
                 bar.update(len(items))

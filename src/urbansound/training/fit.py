@@ -19,7 +19,14 @@ from urbansound.config import TrainingConfig
 from urbansound.features.frontend import AudioClassifier
 from urbansound.io_utils import atomic_write_text
 from urbansound.training.checkpoint import load_checkpoint, save_checkpoint
-from urbansound.training.loop import FeatureDataset, evaluate, make_loader, train_one_epoch
+from urbansound.training.distributed import (
+    DistributedContext,
+    GlobalBatchSampler,
+    evaluate_sharded,
+    reduce_epoch_stats,
+)
+from urbansound.training.hardware import prepare_model
+from urbansound.training.loop import FeatureDataset, make_loader, train_one_epoch
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +92,7 @@ def fit(
     resume: bool = False,
     progress: bool = True,
     on_epoch_end: Callable[[dict[str, float]], None] | None = None,
+    context: DistributedContext | None = None,
 ) -> FitResult:
     """Train for ``config.epochs`` epochs, selecting the epoch with the best validation accuracy.
 
@@ -92,10 +100,26 @@ def fit(
     epoch; with ``resume`` the loop continues from the last completed epoch. Data order depends only on
     (seed, epoch) and the RNG state is restored, so on CPU a resumed run ends with the same weights as an
     uninterrupted one.
+
+    Under torchrun (``context`` distributed) every rank calls this: ``config.batch_size`` is the global
+    batch, each rank trains on its share through DDP, metrics are summed over ranks, and only rank 0 writes
+    the checkpoint and history. Every rank resumes from the same checkpoint.
     """
-    model.to(device)
-    steps_per_epoch = -(-len(train_set) // config.batch_size)
+    context = context or DistributedContext(device=device)
+    runner = prepare_model(model, context, config.precision, config.compile)
+
+    def sampler_for(epoch: int) -> GlobalBatchSampler | None:
+        if not context.distributed:
+            return None
+        return GlobalBatchSampler(
+            len(train_set), config.batch_size, context.rank, context.world_size, seed=config.seed, epoch=epoch
+        )
+
+    first = sampler_for(1)
+    steps_per_epoch = len(first) if first is not None else -(-len(train_set) // config.batch_size)
     optimizer, scheduler = make_optimizer(model, config, steps_per_epoch)
+    # Loss scaling keeps float16 gradients from underflowing; bf16 has float32's range and needs none.
+    scaler = torch.amp.GradScaler(device.type) if runner.autocast_dtype == torch.float16 else None
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     history: list[dict[str, float]] = []
     best_epoch, best_accuracy, best_state = 0, -1.0, copy.deepcopy(model.state_dict())
@@ -105,6 +129,8 @@ def fit(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"])
         history = list(state["history"])
         best_epoch, best_accuracy, best_state = (
@@ -117,10 +143,10 @@ def fit(
         if _should_stop(history, best_epoch, config):
             start_epoch = config.epochs + 1
 
-    val_loader = make_loader(val_set, batch_size=max(config.batch_size, 64), shuffle=False)
     stopped_early = False
     started = time.perf_counter()
     for epoch in range(start_epoch, config.epochs + 1):
+        batch_sampler = sampler_for(epoch)
         loader = make_loader(
             train_set,
             config.batch_size,
@@ -128,19 +154,23 @@ def fit(
             seed=config.seed,
             epoch=epoch,
             num_workers=config.num_workers,
+            batch_sampler=batch_sampler,
         )
         lr = scheduler.get_last_lr()[0]
         stats = train_one_epoch(
-            model,
+            runner,
             loader,
             optimizer,
             scheduler,
             device,
             criterion,
-            progress=progress,
+            progress=progress and context.is_main,
             desc=f"epoch {epoch}/{config.epochs}",
+            scaler=scaler,
+            loss_weights=batch_sampler.loss_weights() if batch_sampler is not None else None,
         )
-        val = evaluate(model, val_loader, device)
+        stats = reduce_epoch_stats(stats, context)
+        val = evaluate_sharded(runner, val_set, max(config.batch_size, 64), device, context)
         row = {
             "epoch": epoch,
             "train_loss": stats.loss,
@@ -155,22 +185,24 @@ def fit(
         if val.accuracy > best_accuracy:
             best_epoch, best_accuracy = epoch, val.accuracy
             best_state = copy.deepcopy(model.state_dict())
-        save_checkpoint(
-            checkpoint_path,
-            {
-                "epoch": epoch,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": torch.get_rng_state(),
-                "history": history,
-                "best_epoch": best_epoch,
-                "best_val_accuracy": best_accuracy,
-                "best_model": best_state,
-            },
-        )
-        if history_path is not None:
-            write_history(history_path, history)
+        if context.is_main:
+            save_checkpoint(
+                checkpoint_path,
+                {
+                    "epoch": epoch,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict() if scaler is not None else {},
+                    "rng": torch.get_rng_state(),
+                    "history": history,
+                    "best_epoch": best_epoch,
+                    "best_val_accuracy": best_accuracy,
+                    "best_model": best_state,
+                },
+            )
+            if history_path is not None:
+                write_history(history_path, history)
         elapsed = time.perf_counter() - started
         eta = elapsed / (epoch - start_epoch + 1) * (config.epochs - epoch)
         logger.info(

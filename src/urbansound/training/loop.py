@@ -35,6 +35,28 @@ class FeatureDataset(Dataset):
         x = np.asarray(self.features[rows], dtype=np.float32)  # (batch, n_bands, frames)
         return torch.from_numpy(x), torch.from_numpy(self.labels[rows])
 
+    def __getstate__(self) -> dict[str, object]:
+        # Workers started by spawn/forkserver (macOS, Windows) get a pickled dataset: send the memory map's
+        # file name, not its contents, so no worker holds its own copy of every feature.
+        state = dict(self.__dict__)
+        features = self.features
+        if isinstance(features, np.memmap) and features.filename:
+            reopened = np.load(features.filename, mmap_mode="r")
+            if reopened.shape == features.shape and reopened.dtype == features.dtype:
+                state["features"] = ("memmap", features.filename)
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        features = state["features"]
+        if isinstance(features, tuple) and features[0] == "memmap":
+            state["features"] = np.load(features[1], mmap_mode="r")
+        self.__dict__.update(state)
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The generator of epoch ``epoch``'s shuffle: single-process and distributed runs draw the same order."""
+    return torch.Generator().manual_seed(seed * 100_003 + epoch)
+
 
 def make_loader(
     dataset: FeatureDataset,
@@ -44,18 +66,22 @@ def make_loader(
     epoch: int = 0,
     sampler: Sampler[int] | None = None,
     num_workers: int = 0,
+    batch_sampler: Sampler[list[int]] | None = None,
 ) -> DataLoader:
-    """A loader whose order is a function of (seed, epoch) alone, so a resumed run sees the same batches."""
+    """A loader whose order is a function of (seed, epoch) alone, so a resumed run sees the same batches.
+
+    ``batch_sampler`` (e.g. a rank's share of the global batches) replaces the shuffle and ``batch_size``.
+    """
     if sampler is None:
         if shuffle:
-            generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-            sampler = RandomSampler(dataset, generator=generator)
+            sampler = RandomSampler(dataset, generator=epoch_generator(seed, epoch))
         else:
             sampler = SequentialSampler(dataset)
-    batches = BatchSampler(sampler, batch_size=batch_size, drop_last=False)
+    if batch_sampler is None:
+        batch_sampler = BatchSampler(sampler, batch_size=batch_size, drop_last=False)
     return DataLoader(
         dataset,
-        sampler=batches,
+        sampler=batch_sampler,
         batch_size=None,
         num_workers=num_workers,
         pin_memory=torch.cuda.is_available(),
@@ -80,13 +106,19 @@ def train_one_epoch(
     criterion: nn.Module | None = None,
     progress: bool = False,
     desc: str = "train",
+    scaler: torch.amp.GradScaler | None = None,
+    loss_weights: Sequence[float] | None = None,
 ) -> EpochStats:
-    """One pass over ``loader``; the scheduler steps every batch (one-cycle)."""
+    """One pass over ``loader``; the scheduler steps every batch (one-cycle).
+
+    ``scaler`` scales the loss for float16 autocast; ``loss_weights`` (one per batch) weight each batch's
+    mean loss before backward, for distributed runs whose ranks hold unequal shares of a global batch.
+    """
     criterion = criterion or nn.CrossEntropyLoss()
     model.train()
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
-    seen = 0
+    seen = step = 0
     wait = 0.0
     start = time.perf_counter()
     # disable=None: a bar on a terminal only; logs get the per-epoch line from fit().
@@ -104,13 +136,20 @@ def train_one_epoch(
         logits = model.classify_features(features)
         loss = criterion(logits, labels)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        weighted = loss if loss_weights is None else loss * loss_weights[step]
+        if scaler is None:
+            weighted.backward()
+            optimizer.step()
+        else:
+            scaler.scale(weighted).backward()
+            scaler.step(optimizer)
+            scaler.update()
         if scheduler is not None:
             scheduler.step()
         total_loss += loss.detach().double() * labels.shape[0]
         correct += (logits.detach().argmax(1) == labels).sum()
         seen += labels.shape[0]
+        step += 1
         bar.update(1)
         if progress and bar.n % 10 == 0:
             bar.set_postfix(loss=f"{total_loss.item() / seen:.3f}")

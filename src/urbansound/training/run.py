@@ -25,6 +25,12 @@ from urbansound.features.cache import CachedFeatures, FeatureCache, band_statist
 from urbansound.io_utils import atomic_write_json, atomic_write_text
 from urbansound.modelfile import ModelSpec, build_classifier, save_model_file
 from urbansound.training.checkpoint import CHECKPOINT_NAME
+from urbansound.training.distributed import (
+    DistributedContext,
+    broadcast_object,
+    distributed_session,
+    run_in_turns,
+)
 from urbansound.training.fit import fit, format_duration
 from urbansound.training.loop import FeatureDataset, evaluate, make_loader
 
@@ -58,8 +64,11 @@ class PreparedData:
     labels: list[int]
 
 
-def prepare_data(config: RunConfig, progress: bool = True) -> PreparedData:
-    """Validate the metadata, split it, and make sure every clip of the split has cached features.
+def prepare_data(
+    config: RunConfig, progress: bool = True, device: str | torch.device | None = None
+) -> PreparedData:
+    """Validate the metadata, split it, and make sure every clip of the split has cached features
+    (computed on ``device``, default CPU).
 
     Clips whose audio cannot be decoded stop the run with a list of them (their features aside, every
     computed entry is kept in the cache), or are dropped with ``skip_bad``.
@@ -77,8 +86,8 @@ def prepare_data(config: RunConfig, progress: bool = True) -> PreparedData:
         description=split.description,
     )
     cache_dir = Path(config.cache_dir) if config.cache_dir else default_cache_dir(config.data_dir)
-    cache = FeatureCache(cache_dir, config.audio, config.features)
-    cached: CachedFeatures = cache.build([r.path for r in index.records], progress=progress)
+    cache = FeatureCache(cache_dir, config.audio, config.features, dtype=config.cache_dtype)
+    cached: CachedFeatures = cache.build([r.path for r in index.records], progress=progress, device=device)
     if cached.failed:
         problems = list(cached.failed.values())
         if not config.skip_bad:
@@ -144,32 +153,51 @@ def train(
     The folder gets ``config.json``, ``split.csv``, ``history.csv``, ``checkpoint.pt`` (for resuming),
     ``model.safetensors`` (best validation epoch), ``metrics.json``, ``train_test_loss.png``,
     ``confusion_matrix.png``, ``report.md`` and, if clips were skipped, ``skipped_clips.csv``.
+
+    Under torchrun every process calls this and trains with DDP (see ``training/distributed.py``); rank 0
+    computes the feature cache (the others then open the same memory map), creates the run folder and
+    writes every file in it. All ranks return the same folder.
     """
-    started = time.perf_counter()
     if resume_dir is not None:
         config = load_run_config(resume_dir)
         run_dir = resume_dir
     config.validate()
-    data = prepare_data(config, progress=progress)
+    with distributed_session(resolve_device(config.training.device)) as context:
+        return _train(config, context, resume_dir, progress and context.is_main, run_dir)
+
+
+def _train(
+    config: RunConfig,
+    context: DistributedContext,
+    resume_dir: Path | None,
+    progress: bool,
+    run_dir: Path | None,
+) -> Path:
+    started = time.perf_counter()
+    device = context.device
+    data = run_in_turns(context, lambda: prepare_data(config, progress=progress, device=device))
     config.model.n_classes = len(data.index.class_names)
-    if resume_dir is None:
-        run_dir = run_dir or new_run_dir(config)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run_dir / CONFIG_NAME, config.to_dict())
-    assert run_dir is not None
-    logger.info("run folder: %s", run_dir)
-    logger.info(
-        "split: %s (train %d, val %d, test %d clips)", data.split.description, *data.split.sizes.values()
-    )
-    _write_split(run_dir / "split.csv", data.index, data.split)
-    if data.index.skipped:
-        write_problems(data.index.skipped, run_dir / "skipped_clips.csv")
-        logger.warning(
-            "%d clip(s) skipped; listed in %s", len(data.index.skipped), run_dir / "skipped_clips.csv"
+    if context.is_main:
+        if resume_dir is None:
+            run_dir = run_dir or new_run_dir(config)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(run_dir / CONFIG_NAME, config.to_dict())
+        assert run_dir is not None
+        logger.info("run folder: %s", run_dir)
+        logger.info(
+            "split: %s (train %d, val %d, test %d clips)", data.split.description, *data.split.sizes.values()
         )
+        _write_split(run_dir / "split.csv", data.index, data.split)
+        if data.index.skipped:
+            write_problems(data.index.skipped, run_dir / "skipped_clips.csv")
+            logger.warning(
+                "%d clip(s) skipped; listed in %s", len(data.index.skipped), run_dir / "skipped_clips.csv"
+            )
+    # Rank 0 named the folder (a timestamp); the others learn it here instead of creating their own.
+    run_dir = broadcast_object(run_dir)
+    assert run_dir is not None
 
     torch.manual_seed(config.training.seed)
-    device = resolve_device(config.training.device)
     spec = ModelSpec(
         audio=config.audio, features=config.features, model=config.model, class_names=data.index.class_names
     )
@@ -190,7 +218,10 @@ def train(
         history_path=run_dir / "history.csv",
         resume=resume_dir is not None,
         progress=progress,
+        context=context,
     )
+    if not context.is_main:
+        return run_dir  # rank 0 alone tests the model and writes the results
 
     # Model selection is over: the test set is used once, on the best validation epoch's weights.
     model.load_state_dict(result.best_state)

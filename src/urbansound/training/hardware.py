@@ -1,0 +1,126 @@
+"""How the classifier runs on the device: mixed precision, channels-last, torch.compile, DDP.
+
+The training loop drives a :class:`TrainingModel`, whose ``classify_features`` goes through DDP and
+``torch.compile`` (both wrap ``forward`` only, while the training path is ``classify_features``) under
+autocast. The plain :class:`~urbansound.features.frontend.AudioClassifier` inside keeps the weights: it is
+what the optimiser, checkpoints and model files see.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import torch
+from torch import nn
+
+from urbansound.errors import ConfigError
+from urbansound.features.frontend import AudioClassifier
+from urbansound.training.distributed import DistributedContext, convert_batchnorm
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``--precision`` on ``device``; ``None`` means plain float32.
+
+    ``auto``: bf16 on CUDA GPUs that support it (no loss scaling needed), fp16 on older ones (with a grad
+    scaler), float32 elsewhere. bf16 on CPU is allowed when asked for; fp16 needs CUDA.
+    """
+    if name not in PRECISIONS:
+        raise ConfigError(f"unknown precision {name!r}; choose one of {', '.join(PRECISIONS)}")
+    if name == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if name == "fp32":
+        return None
+    if name == "fp16" and device.type != "cuda":
+        raise ConfigError(f"--precision fp16 needs a CUDA device, not {device.type}")
+    if name == "bf16" and device.type not in ("cuda", "cpu"):
+        raise ConfigError(f"--precision bf16 runs on CUDA or CPU, not {device.type}")
+    return torch.bfloat16 if name == "bf16" else torch.float16
+
+
+class _FeaturePath(nn.Module):
+    """``forward`` = ``classify_features``, so wrappers that hook ``forward`` see the training path."""
+
+    def __init__(self, classifier: AudioClassifier) -> None:
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        # features: (batch, n_bands, frames) -> logits (batch, n_classes)
+        return self.classifier.classify_features(features)
+
+
+class TrainingModel(nn.Module):
+    """The classifier as :func:`~urbansound.training.loop.train_one_epoch` and ``evaluate`` drive it.
+
+    In training mode ``classify_features`` runs through DDP (when distributed); in eval mode it bypasses
+    DDP, whose forward may issue collectives that ranks scoring different numbers of batches would not
+    match. Both run under autocast when a reduced precision is chosen.
+    """
+
+    def __init__(
+        self, train_path: nn.Module, eval_path: nn.Module, device: torch.device, dtype: torch.dtype | None
+    ) -> None:
+        super().__init__()
+        self.train_path = train_path
+        self.eval_path = eval_path
+        self.device_type = device.type
+        self.autocast_dtype = dtype
+
+    def classify_features(self, features: torch.Tensor) -> torch.Tensor:
+        path = self.train_path if self.training else self.eval_path
+        autocast = (
+            torch.autocast(device_type=self.device_type, dtype=self.autocast_dtype)
+            if self.autocast_dtype is not None
+            else contextlib.nullcontext()
+        )
+        with autocast:
+            return path(features)  # (batch, n_classes)
+
+
+def prepare_model(
+    classifier: AudioClassifier,
+    context: DistributedContext,
+    precision: str = "fp32",
+    compile: bool = False,
+) -> TrainingModel:
+    """Move ``classifier`` to the context's device and wrap it for training.
+
+    Distributed: BatchNorm is synchronised over ranks (in place, parameters kept) and the model is wrapped
+    in DistributedDataParallel. CUDA: channels-last weights (cuDNN then runs every convolution NHWC, which
+    tensor cores prefer; the 1-channel input is the same in either layout). ``compile``: torch.compile,
+    applied outside DDP as PyTorch recommends, so it can split graphs at DDP's bucket boundaries.
+    """
+    device = context.device
+    dtype = resolve_precision(precision, device)
+    if context.distributed:
+        convert_batchnorm(classifier, device)
+    classifier.to(device)
+    if device.type == "cuda":
+        classifier.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    eval_path: nn.Module = _FeaturePath(classifier)
+    train_path: nn.Module = eval_path
+    if context.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_path = DistributedDataParallel(
+            eval_path, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    if compile:
+        train_path = torch.compile(train_path)  # type: ignore[assignment]
+        eval_path = torch.compile(eval_path) if context.distributed else train_path  # type: ignore[assignment]
+    if context.is_main:
+        logger.info(
+            "device %s, precision %s%s%s",
+            device,
+            "fp32" if dtype is None else str(dtype).removeprefix("torch."),
+            ", torch.compile" if compile else "",
+            f", DDP over {context.world_size} processes" if context.distributed else "",
+        )
+    return TrainingModel(train_path, eval_path, device, dtype)

@@ -1,0 +1,140 @@
+"""Device, precision and compile options, and the memory-mapped feature cache, on CPU.
+
+The CUDA paths (nccl, bf16/fp16 autocast on GPU, channels-last, SyncBatchNorm) need a GPU and are not run
+here; what can be checked on CPU is that the options reach the training loop and that bf16 autocast trains.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_training import tiny_config
+
+from urbansound.cli import build_parser, run_config_from_args
+from urbansound.config import AudioConfig, FeatureConfig
+from urbansound.data.synth import synthesize_dataset
+from urbansound.errors import ConfigError
+from urbansound.features.cache import FeatureCache
+from urbansound.training import hardware
+from urbansound.training.loop import FeatureDataset
+from urbansound.training.run import resolve_device, train
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return synthesize_dataset(
+        tmp_path_factory.mktemp("tiny"),
+        recordings_per_class=3,
+        clips_per_recording=2,
+        seed=1,
+        n_folds=3,
+        vary_formats=False,
+    )
+
+
+def test_precision_resolution() -> None:
+    cpu = torch.device("cpu")
+    assert hardware.resolve_precision("auto", cpu) is None  # float32 off CUDA
+    assert hardware.resolve_precision("fp32", cpu) is None
+    assert hardware.resolve_precision("bf16", cpu) is torch.bfloat16
+    with pytest.raises(ConfigError, match="CUDA"):
+        hardware.resolve_precision("fp16", cpu)
+    with pytest.raises(ConfigError, match="precision"):
+        hardware.resolve_precision("fp8", cpu)
+    if torch.cuda.is_available():
+        expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        assert hardware.resolve_precision("auto", torch.device("cuda")) is expected
+
+
+def test_auto_device_is_cuda_then_mps_then_cpu() -> None:
+    device = resolve_device("auto")
+    if torch.cuda.is_available():
+        assert device.type == "cuda"
+    elif torch.backends.mps.is_available():
+        assert device.type == "mps"
+    else:
+        assert device.type == "cpu"
+    assert resolve_device("cpu").type == "cpu"
+
+
+def test_cli_options_reach_the_configuration(tiny: Path) -> None:
+    args = build_parser().parse_args(
+        ["train", "--annotations", "a.csv", "--data", "audio", "--device", "cpu", "--precision", "bf16",
+         "--compile", "--cache-dtype", "float16"]
+    )  # fmt: skip
+    config = run_config_from_args(args)
+    assert (config.training.device, config.training.precision, config.training.compile) == (
+        "cpu",
+        "bf16",
+        True,
+    )
+    assert config.cache_dtype == "float16"
+    defaults = run_config_from_args(build_parser().parse_args(["train", "--annotations", "a", "--data", "b"]))
+    assert (defaults.training.device, defaults.training.precision, defaults.training.compile) == (
+        "auto",
+        "auto",
+        False,
+    )
+
+
+def test_compile_flag_wraps_the_model_with_torch_compile(
+    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Compiling on CPU takes minutes, so torch.compile is replaced by a recorder that returns the module."""
+    compiled: list[torch.nn.Module] = []
+
+    def fake_compile(module: torch.nn.Module) -> torch.nn.Module:
+        compiled.append(module)
+        return module
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    run_dir = train(
+        tiny_config(tiny, tmp_path / "runs", tmp_path / "cache", epochs=1, compile=True), progress=False
+    )
+    assert compiled and all(isinstance(m, hardware._FeaturePath) for m in compiled)
+    assert json.loads((run_dir / "config.json").read_text())["training"]["compile"] is True
+
+
+def test_bf16_autocast_trains_on_cpu(tiny: Path, tmp_path: Path) -> None:
+    run_dir = train(
+        tiny_config(tiny, tmp_path / "runs", tmp_path / "cache", epochs=2, precision="bf16"), progress=False
+    )
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0
+    rows = (run_dir / "history.csv").read_text().splitlines()[1:]
+    assert all(math.isfinite(float(row.split(",")[1])) for row in rows)
+
+
+def test_float16_cache_stores_half_and_serves_float32(tiny: Path, tmp_path: Path) -> None:
+    audio, features = AudioConfig(sample_rate=16_000, duration=1.0), FeatureConfig(n_fft=512, hop_length=256)
+    paths = sorted((tiny / "audio").glob("fold1/*.wav"))[:6]
+    full = FeatureCache(tmp_path, audio, features).build(paths, num_workers=0, progress=False, device="cpu")
+    half = FeatureCache(tmp_path, audio, features, dtype="float16").build(
+        paths, num_workers=0, progress=False
+    )
+    assert full.array.dtype == np.float32 and half.array.dtype == np.float16
+    assert isinstance(half.array, np.memmap)
+    # dB values up to ~100 in float16 (11-bit mantissa): within 0.05 dB.
+    np.testing.assert_allclose(half.array.astype(np.float32), full.array, atol=0.05)
+    batch, _ = FeatureDataset(half.array, [0] * len(paths), range(len(paths)))[[0, 1]]
+    assert batch.dtype == torch.float32
+
+
+def test_dataset_pickles_the_memory_map_by_name(tiny: Path, tmp_path: Path) -> None:
+    """Spawned data-loader workers (macOS, Windows) receive the file name, not a copy of every feature."""
+    audio, features = AudioConfig(sample_rate=16_000, duration=1.0), FeatureConfig(n_fft=512, hop_length=256)
+    paths = sorted((tiny / "audio").glob("fold1/*.wav"))[:6]
+    cached = FeatureCache(tmp_path, audio, features).build(paths, num_workers=0, progress=False)
+    dataset = FeatureDataset(cached.array, list(range(6)), [1, 3, 5])
+    payload = pickle.dumps(dataset)
+    assert len(payload) < cached.array.nbytes / 4
+    copy = pickle.loads(payload)
+    assert isinstance(copy.features, np.memmap)
+    for a, b in zip(copy[[0, 2]], dataset[[0, 2]], strict=True):
+        torch.testing.assert_close(a, b)
