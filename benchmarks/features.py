@@ -20,7 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
 from urbansound.config import AudioConfig, FeatureConfig
@@ -37,8 +36,9 @@ class _Decode(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, i: int) -> np.ndarray:
-        return load_audio(self.paths[i], self.audio.sample_rate, self.audio.n_samples)
+    def __getitem__(self, i: int) -> int:
+        # Only the length goes back: the floor is the decoding itself, not moving waveforms between processes.
+        return len(load_audio(self.paths[i], self.audio.sample_rate, self.audio.n_samples))
 
 
 def floor(paths: list[Path], audio: AudioConfig, workers: int) -> float:

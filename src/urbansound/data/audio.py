@@ -36,7 +36,11 @@ def decode(path: str | Path) -> tuple[np.ndarray, int]:
 
 def to_mono(samples: np.ndarray) -> np.ndarray:
     """Average channels: ``(frames, channels)`` -> ``(frames,)``; 1-D input is returned unchanged."""
-    return samples if samples.ndim == 1 else samples.mean(axis=1, dtype=np.float32)
+    if samples.ndim == 1:
+        return samples
+    if samples.shape[1] == 1:  # most clips are mono: a view, not a mean over one channel
+        return samples[:, 0]
+    return samples.mean(axis=1, dtype=np.float32)
 
 
 def resample(waveform: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
