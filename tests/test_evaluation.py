@@ -13,6 +13,7 @@ import pytest
 from matplotlib.image import imread
 
 from urbansound.config import RunConfig
+from urbansound.data.synth import CLASS_NAMES
 from urbansound.errors import ConfigError
 from urbansound.evaluation.metrics import classification_metrics
 from urbansound.evaluation.plots import (
@@ -26,18 +27,7 @@ from urbansound.evaluation.report import RUN_FILES, write_report
 from urbansound.io_utils import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-URBANSOUND_CLASSES = [
-    "air_conditioner",
-    "car_horn",
-    "children_playing",
-    "dog_bark",
-    "drilling",
-    "engine_idling",
-    "gun_shot",
-    "jackhammer",
-    "siren",
-    "street_music",
-]
+URBANSOUND_CLASSES = list(CLASS_NAMES)
 
 # A small example worked by hand. Class 3 ("drill") never occurs.
 #   air:   2 of 3 right, never wrongly predicted   -> P 1,   R 2/3, F1 0.8
