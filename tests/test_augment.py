@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.numpy import load_file
+from test_training import tiny_config, tiny_dataset  # noqa: F401 - the fixture is used by name
 
 from urbansound.config import AudioConfig, AugmentConfig, FeatureConfig, ModelConfig, RunConfig
 from urbansound.features.augment import SpecAugment, make_variant, mixup_batch, variant_rng
@@ -18,13 +19,13 @@ from urbansound.training import fit as fit_module
 from urbansound.training.loop import FeatureDataset
 from urbansound.training.run import train
 
-from test_training import tiny_config, tiny_dataset  # noqa: F401 - the fixture is used by name
-
 
 def _classifier() -> AudioClassifier:
     features = FeatureConfig(n_fft=256, hop_length=128, n_mels=16)
     return AudioClassifier(
-        SpectrogramFrontend(features, 8000), BandNormalizer(16), create_model("sbcnn", n_classes=3, n_bands=16)
+        SpectrogramFrontend(features, 8000),
+        BandNormalizer(16),
+        create_model("sbcnn", n_classes=3, n_bands=16),
     )
 
 
@@ -88,7 +89,8 @@ def test_audio_variant_keeps_length_and_is_reproducible() -> None:
 
 def test_variant_choice_depends_on_seed_and_epoch_only() -> None:
     features = np.zeros((10, 2, 3), dtype=np.float32)
-    variants = np.stack([np.full((2, 2, 3), k + 1, dtype=np.float32) for k in range(2)], axis=1)  # (2, 2, 2, 3)
+    # (2 clips, 2 variants, 2 bands, 3 frames)
+    variants = np.stack([np.full((2, 2, 3), k + 1, dtype=np.float32) for k in range(2)], axis=1)
     variants = np.repeat(variants, 5, axis=0)  # (10, 2, 2, 3): variant k of every clip holds k + 1
     data = FeatureDataset(features, list(range(10)), list(range(10)), variants=variants, seed=4)
     seen = []
