@@ -170,3 +170,27 @@ def test_model_file_of_augmented_run_predicts_without_augmentation(
     wave = torch.randn(2, AudioConfig(sample_rate=16_000, duration=1.0).n_samples) * 0.1
     torch.testing.assert_close(model(wave), model(wave))
     assert spec.model.kwargs == {"batch_norm": True}
+
+
+def test_long_clips_average_predictions_over_windows() -> None:
+    from urbansound.evaluation.windows import predict_windows, window_starts
+
+    assert window_starts(100, 100, 50) == [0]
+    assert window_starts(230, 100, 50) == [0, 50, 100, 130]  # the last window is flush with the end
+    torch.manual_seed(3)
+    model = _classifier().eval()
+    window = 4000  # 0.5 s at 8 kHz
+    long = torch.randn(9000) * 0.1
+    expected = torch.stack(
+        [
+            torch.softmax(model(long[s : s + window][None]), dim=1)[0]
+            for s in window_starts(9000, window, 2000)
+        ]
+    ).mean(dim=0)
+    averaged = predict_windows(model, long, window)
+    np.testing.assert_allclose(averaged, expected.detach().numpy(), rtol=1e-5, atol=1e-6)
+    assert averaged.sum() == pytest.approx(1.0, abs=1e-5)
+    short = torch.randn(1000) * 0.1
+    padded = torch.nn.functional.pad(short, (0, window - 1000))
+    single = torch.softmax(model(padded[None]), dim=1)[0].detach().numpy()
+    np.testing.assert_allclose(predict_windows(model, short, window), single, rtol=1e-5, atol=1e-6)
