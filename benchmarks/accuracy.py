@@ -51,6 +51,18 @@ ROWS = [
         {"features": {"kind": "gammatone"}},
     ),
     Row(
+        "sbcnn-aug-40ep",
+        "default",
+        "sbcnn+BN, 128 mel, full augmentation, 40 epochs",
+        {"training": {"epochs": 40}},
+    ),
+    Row(
+        "resnet-small-aug",
+        "default",
+        "resnet at quarter width (16-32-64-128), 128 mel, full augmentation",
+        {"model": {"name": "resnet", "kwargs": {"widths": [16, 32, 64, 128]}}},
+    ),
+    Row(
         "cnn-aug", "default", "seed cnn, 128 mel, full augmentation", {"model": {"name": "cnn", "kwargs": {}}}
     ),
     Row(
@@ -107,6 +119,20 @@ def load_results() -> dict[str, dict[str, Any]]:
     return results
 
 
+def record(key: str, metrics: dict[str, Any], seconds: float, config: dict[str, Any]) -> dict[str, Any]:
+    """Append one finished run to accuracy.jsonl."""
+    entry = {
+        "key": key,
+        **{k: metrics[k] for k in ("test_accuracy", "test_macro_f1", "val_accuracy", "best_epoch")},
+        "epochs_run": metrics["epochs_run"],
+        "wall_seconds": round(seconds, 1),
+        "config": config,
+    }
+    with open(RESULTS, "a") as handle:
+        handle.write(json.dumps(entry) + "\n")
+    return entry
+
+
 def render(results: dict[str, dict[str, Any]], notes: str) -> str:
     lines = [
         "# Accuracy on the real UrbanSound8K folds",
@@ -147,10 +173,21 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/us8k_bench"), help="runs and feature cache")
     parser.add_argument("--only", nargs="*", default=None, help="keys such as default-1to2 (default: all)")
     parser.add_argument("--render-only", action="store_true")
+    parser.add_argument(
+        "--import-run",
+        nargs=2,
+        metavar=("KEY", "RUN_FOLDER"),
+        help="record a finished run made with exactly this row's settings (e.g. by `urbansound train`)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     results = load_results()
-    if not args.render_only:
+    if args.import_run:
+        key, run_dir = args.import_run[0], Path(args.import_run[1])
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        record(key, metrics, metrics["wall_seconds"], json.loads((run_dir / "config.json").read_text()))
+        results = load_results()
+    if not args.render_only and not args.import_run:
         for row in ROWS:
             for split, (train_fold, test_fold) in SPLITS.items():
                 key = f"{row.name}-{split}"
@@ -160,19 +197,7 @@ def main() -> None:
                 started = time.perf_counter()
                 run_dir = train(config, progress=False)
                 metrics = json.loads((run_dir / "metrics.json").read_text())
-                entry = {
-                    "key": key,
-                    **{
-                        k: metrics[k]
-                        for k in ("test_accuracy", "test_macro_f1", "val_accuracy", "best_epoch")
-                    },
-                    "epochs_run": metrics["epochs_run"],
-                    "wall_seconds": round(time.perf_counter() - started, 1),
-                    "config": config.to_dict(),
-                }
-                with open(RESULTS, "a") as handle:
-                    handle.write(json.dumps(entry) + "\n")
-                results[key] = entry
+                results[key] = record(key, metrics, time.perf_counter() - started, config.to_dict())
     notes_path = HERE / "accuracy_notes.md"
     notes = notes_path.read_text() if notes_path.is_file() else ""
     REPORT.write_text(render(results, notes))

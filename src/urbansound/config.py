@@ -259,12 +259,20 @@ def _default_recipe(config: RunConfig) -> None:
     config.features.n_mels = 128  # Salamon & Bello's 128 bands
     config.model = ModelConfig(name="sbcnn", kwargs={"batch_norm": True})
     config.training.batch_size = 32
-    config.training.max_lr = 3e-3  # BatchNorm tolerates a higher peak
+    config.training.max_lr = 2e-3  # BatchNorm tolerates a higher peak than the seed's 1e-3
     config.training.weight_decay = 1e-2  # AdamW's decoupled decay
     config.training.label_smoothing = 0.1
     config.training.scheduler = "cosine"
     config.augment = AugmentConfig(
-        variants=4, freq_masks=2, freq_mask_width=16, time_masks=2, time_mask_width=12, mixup_alpha=0.2
+        variants=4,
+        # No white noise: it fills the silent (zero-padded) tails that every evaluation clip has, so 4 of 5
+        # training versions would look unlike any test clip (measured: validation accuracy collapsed).
+        noise_snr_db=None,
+        freq_masks=2,
+        freq_mask_width=16,
+        time_masks=2,
+        time_mask_width=12,
+        mixup_alpha=0.2,
     )
 
 
