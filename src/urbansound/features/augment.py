@@ -29,7 +29,8 @@ def _librosa():  # type: ignore[no-untyped-def]
         import librosa
     except ImportError:
         raise ConfigError(
-            "audio augmentation variants (--aug-variants) need librosa: pip install 'urbansound[augment]'"
+            "audio augmentation variants (--aug-variants) need librosa: pip install 'urbansound[augment]' "
+            "(or train without them: --aug-variants 0)"
         ) from None
     return librosa
 

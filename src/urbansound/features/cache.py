@@ -274,6 +274,10 @@ class FeatureCache:
         keys = [file_key(p) for p in paths]
         todo = [i for i, k in enumerate(keys) if not self.variant_path(k, augment, seed).exists()]
         if todo:
+            if augment.time_stretch or augment.pitch_shift:
+                from urbansound.features.augment import _librosa
+
+                _librosa()  # fail here with install advice, not per clip inside the workers
             if num_workers is None:
                 num_workers = min(len(todo) // 8, os.cpu_count() or 1)
             loader = DataLoader(
