@@ -39,11 +39,13 @@ class Row:
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
+SBCNN = {"name": "sbcnn", "kwargs": {"batch_norm": True}}
 NO_AUG = {"variants": 0, "freq_masks": 0, "time_masks": 0, "mixup_alpha": 0.0}
 ROWS = [
     Row("seed", "seed", "cnn, 64 mel @ 44.1 kHz, Adam one-cycle, no augmentation (the seed)"),
-    Row("default", "default", "sbcnn+BN, 128 mel @ 22.05 kHz, full augmentation (the default recipe)"),
-    Row("default-noaug", "default", "sbcnn+BN, 128 mel, no augmentation", {"augment": NO_AUG}),
+    Row("default", "default", "resnet 16-32-64-128, 128 mel @ 22.05 kHz, full augmentation (the default)"),
+    Row("default-noaug", "default", "resnet 16-32-64-128, 128 mel, no augmentation", {"augment": NO_AUG}),
+    Row("sbcnn-aug", "default", "sbcnn+BN, 128 mel, full augmentation", {"model": SBCNN}),
     Row(
         "default-gammatone",
         "default",
@@ -54,13 +56,7 @@ ROWS = [
         "sbcnn-aug-40ep",
         "default",
         "sbcnn+BN, 128 mel, full augmentation, 40 epochs",
-        {"training": {"epochs": 40}},
-    ),
-    Row(
-        "resnet-small-aug",
-        "default",
-        "resnet at quarter width (16-32-64-128), 128 mel, full augmentation",
-        {"model": {"name": "resnet", "kwargs": {"widths": [16, 32, 64, 128]}}},
+        {"model": SBCNN, "training": {"epochs": 40}},
     ),
     Row(
         "cnn-aug", "default", "seed cnn, 128 mel, full augmentation", {"model": {"name": "cnn", "kwargs": {}}}

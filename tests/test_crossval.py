@@ -111,6 +111,8 @@ def test_crossval_summary_and_resume_at_first_unfinished_fold(
         saved = json.loads((out / f"fold{fold:02d}" / "config.json").read_text())
         assert saved["split"]["test_fold"] == fold and saved["split"]["val_fold"] == fold % 3 + 1
     assert (out / "confusion_matrix.png").is_file()
+    # Features computed once: every fold reads the same packed array of all clips.
+    assert len(list((tmp_path / "cache").glob("*/packs/*.npy"))) == 1
     text = (out / "crossval.md").read_text()
     assert "± " in text and "| 3 |" in text
 

@@ -41,15 +41,17 @@ def test_seed_recipe_reproduces_the_seed_settings() -> None:
 
 def test_default_recipe_and_explicit_flags_override_it() -> None:
     default = _config()
-    assert default.recipe == "default" and default.model.name == "sbcnn"
-    assert default.model.kwargs == {"batch_norm": True}
+    assert default.recipe == "default" and default.model.name == "resnet"
+    assert default.model.kwargs == {"widths": [16, 32, 64, 128]}
     assert default.training.scheduler == "cosine" and default.augment.spec_augment
     assert default.audio.sample_rate == 22_050 and default.features.n_mels == 128
     # An explicit flag wins, even when it equals the seed's value.
-    config = _config("--n-mels", "64", "--mixup", "0", "--scheduler", "onecycle", "--model", "resnet")
+    config = _config("--n-mels", "64", "--mixup", "0", "--scheduler", "onecycle")
     assert config.features.n_mels == 64 and config.augment.mixup_alpha == 0
     assert config.training.scheduler == "onecycle"
-    assert config.model.name == "resnet" and config.model.kwargs == {}  # the recipe's sbcnn options dropped
+    assert config.model.name == "resnet" and config.model.kwargs == {"widths": [16, 32, 64, 128]}
+    config = _config("--model", "sbcnn")
+    assert config.model.kwargs == {}  # the recipe's options belong to the recipe's model
     config = _config(
         "--recipe", "seed", "--model-option", "channels=[4, 8, 16, 32]", "--label-smoothing", "0.1"
     )
