@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -10,14 +11,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from urbansound.config import (
+    RECIPES,
+    SCHEDULERS,
     AudioConfig,
     FeatureConfig,
-    ModelConfig,
     RunConfig,
     SplitConfig,
     TrainingConfig,
+    apply_recipe,
     normalise_feature_kind,
 )
+from urbansound.data.datasets import LAYOUTS
 from urbansound.errors import ConfigError, UrbanSoundError
 
 logger = logging.getLogger("urbansound")
@@ -32,8 +36,20 @@ def _int_list(text: str) -> list[int]:
 
 def add_data_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
     group = parser.add_argument_group("data")
-    group.add_argument("--annotations", required=required, help="path to UrbanSound8K.csv")
-    group.add_argument("--data", required=required, help="audio folder holding fold1..fold10")
+    group.add_argument(
+        "--annotations", required=required, help="UrbanSound8K.csv or ESC-50's esc50.csv (none: folders)"
+    )
+    group.add_argument(
+        "--data",
+        required=required,
+        help="audio folder: fold1..fold10 (UrbanSound8K), ESC-50's audio/, or one subfolder per class",
+    )
+    group.add_argument(
+        "--layout",
+        choices=LAYOUTS,
+        default="auto",
+        help="dataset layout (auto: from the annotations' columns; no --annotations: folder per class)",
+    )
     group.add_argument(
         "--skip-bad",
         "--skip_bad",
@@ -93,10 +109,8 @@ def feature_configs(args: argparse.Namespace) -> tuple[AudioConfig, FeatureConfi
     return audio, features
 
 
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    add_data_arguments(parser, required=False)
-    add_feature_arguments(parser)
-    training, split = TrainingConfig(), SplitConfig()
+def add_split_arguments(parser: argparse.ArgumentParser) -> None:
+    split = SplitConfig()
     group = parser.add_argument_group("split")
     group.add_argument(
         "--split",
@@ -113,28 +127,73 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="validate on this share of the training recordings (grouped by fsID)",
     )
     group.add_argument("--train-folds", type=_int_list, default=None, help="e.g. 1,2,3 (default: the rest)")
-    group = parser.add_argument_group("model and training")
-    group.add_argument("--model", default="cnn", help="registered model name (see `urbansound models`)")
-    group.add_argument("--epochs", type=int, default=training.epochs)
+
+
+# Flags a --recipe fills in when they are not given: argparse dest -> (RunConfig section, field).
+RECIPE_FLAGS: dict[str, tuple[str, str]] = {
+    "trans_type": ("features", "kind"),
+    "sample_rate": ("audio", "sample_rate"),
+    "duration": ("audio", "duration"),
+    "n_fft": ("features", "n_fft"),
+    "hop_length": ("features", "hop_length"),
+    "n_mels": ("features", "n_mels"),
+    "f_min": ("features", "f_min"),
+    "f_max": ("features", "f_max"),
+    "top_db": ("features", "top_db"),
+    "model": ("model", "name"),
+    "epochs": ("training", "epochs"),
+    "batch_size": ("training", "batch_size"),
+    "max_lr": ("training", "max_lr"),
+    "weight_decay": ("training", "weight_decay"),
+    "label_smoothing": ("training", "label_smoothing"),
+    "patience": ("training", "patience"),
+    "scheduler": ("training", "scheduler"),
+    "init_from": ("training", "init_from"),
+    "aug_variants": ("augment", "variants"),
+    "freq_masks": ("augment", "freq_masks"),
+    "freq_mask_width": ("augment", "freq_mask_width"),
+    "time_masks": ("augment", "time_masks"),
+    "time_mask_width": ("augment", "time_mask_width"),
+    "mixup": ("augment", "mixup_alpha"),
+}
+
+
+def add_model_training_arguments(parser: argparse.ArgumentParser) -> None:
+    training = TrainingConfig()
+    group = parser.add_argument_group("model and training (unset flags come from --recipe)")
+    group.add_argument(
+        "--recipe",
+        choices=sorted(RECIPES),
+        default="default",
+        help="named settings to start from: 'default' (the measured best) or 'seed' (the seed's exact "
+        "settings); any flag given explicitly overrides the recipe",
+    )
+    group.add_argument("--model", help="registered model name (see `urbansound models`)")
+    group.add_argument(
+        "--model-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="model option, VALUE as JSON (e.g. batch_norm=true); repeatable",
+    )
+    group.add_argument("--epochs", type=int)
     group.add_argument(
         "--batch-size",
         "--batch_size",
         dest="batch_size",
         type=int,
-        default=training.batch_size,
         help="global batch: under torchrun each of N processes takes batch-size / N clips",
     )
+    group.add_argument("--lr", "--max-lr", dest="max_lr", type=float, help="peak learning rate")
+    group.add_argument("--scheduler", choices=SCHEDULERS, help="onecycle (seed: Adam) or cosine (AdamW)")
+    group.add_argument("--weight-decay", type=float)
+    group.add_argument("--label-smoothing", type=float)
+    group.add_argument("--patience", type=int, help="early stopping patience in epochs")
     group.add_argument(
-        "--lr",
-        "--max-lr",
-        dest="max_lr",
-        type=float,
-        default=training.max_lr,
-        help="one-cycle peak learning rate",
+        "--init-from",
+        metavar="MODEL_FILE",
+        help="start from the weights of a local model file (fine-tuning); nothing is downloaded",
     )
-    group.add_argument("--weight-decay", type=float, default=training.weight_decay)
-    group.add_argument("--label-smoothing", type=float, default=training.label_smoothing)
-    group.add_argument("--patience", type=int, default=None, help="early stopping patience in epochs")
     group.add_argument("--seed", type=int, default=training.seed)
     group.add_argument("--workers", type=int, default=training.num_workers, help="data-loader workers")
     group.add_argument(
@@ -147,6 +206,26 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="autocast dtype; auto: bf16 on CUDA (fp16 with loss scaling on GPUs without bf16), else fp32",
     )
     group.add_argument("--compile", action="store_true", help="wrap the model with torch.compile")
+    group = parser.add_argument_group("augmentation (training only; unset flags come from --recipe)")
+    group.add_argument(
+        "--aug-variants",
+        type=int,
+        help="audio variants per training clip (stretch, pitch, shift, gain, noise), computed once, cached",
+    )
+    group.add_argument("--freq-masks", type=int, help="SpecAugment frequency masks per clip")
+    group.add_argument("--freq-mask-width", type=int, help="max bands per frequency mask")
+    group.add_argument("--time-masks", type=int, help="SpecAugment time masks per clip")
+    group.add_argument("--time-mask-width", type=int, help="max frames per time mask")
+    group.add_argument("--mixup", type=float, help="mixup Beta(alpha, alpha); 0 disables")
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    add_data_arguments(parser, required=False)
+    add_feature_arguments(parser)
+    add_split_arguments(parser)
+    add_model_training_arguments(parser)
+    # The recipe, not argparse, supplies the values of flags that are not given.
+    parser.set_defaults(**{dest: None for dest in RECIPE_FLAGS})
     group = parser.add_argument_group("run")
     group.add_argument("--name", default="run", help="suffix of the run folder")
     group.add_argument("--runs-dir", default="runs")
@@ -162,35 +241,34 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _model_options(options: list[str]) -> dict[str, object]:
+    parsed: dict[str, object] = {}
+    for option in options:
+        key, sep, value = option.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--model-option expects KEY=VALUE, got {option!r}")
+        try:
+            parsed[key] = json.loads(value)
+        except json.JSONDecodeError:
+            parsed[key] = value  # a bare word is a string (e.g. time_pooling=max)
+    return parsed
+
+
 def run_config_from_args(args: argparse.Namespace) -> RunConfig:
-    if not args.annotations or not args.data:
+    """The run configuration: the recipe's settings, overridden by every flag given explicitly."""
+    layout = getattr(args, "layout", "auto")
+    if not args.data or (not args.annotations and layout not in ("auto", "folders")):
         raise ConfigError("--annotations and --data are required (or --resume RUN_FOLDER)")
-    audio, features = feature_configs(args)
-    return RunConfig(
-        annotations=str(args.annotations),
+    config = RunConfig(
+        annotations=str(args.annotations or ""),
         data_dir=str(args.data),
-        audio=audio,
-        features=features,
-        model=ModelConfig(name=args.model),
+        layout=layout,
         split=SplitConfig(
-            method=args.split,
-            test_fold=args.test_fold,
-            val_fold=args.val_fold,
+            method=getattr(args, "split", "folds"),
+            test_fold=getattr(args, "test_fold", SplitConfig.test_fold),
+            val_fold=getattr(args, "val_fold", SplitConfig.val_fold),
             val_fraction=args.val_fraction,
-            train_folds=args.train_folds,
-        ),
-        training=TrainingConfig(
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            max_lr=args.max_lr,
-            weight_decay=args.weight_decay,
-            label_smoothing=args.label_smoothing,
-            patience=args.patience,
-            seed=args.seed,
-            num_workers=args.workers,
-            device=args.device,
-            precision=args.precision,
-            compile=args.compile,
+            train_folds=getattr(args, "train_folds", None),
         ),
         name=args.name,
         runs_dir=str(args.runs_dir),
@@ -198,6 +276,23 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
         cache_dtype=args.cache_dtype,
         skip_bad=args.skip_bad,
     )
+    apply_recipe(config, args.recipe)
+    recipe_model = config.model.name
+    for dest, (section, name) in RECIPE_FLAGS.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            setattr(getattr(config, section), name, value)
+    config.features.kind = normalise_feature_kind(config.features.kind)
+    if config.model.name != recipe_model:
+        config.model.kwargs = {}  # the recipe's options belong to the recipe's model
+    config.model.kwargs.update(_model_options(args.model_option))
+    config.training.seed = args.seed
+    config.training.num_workers = args.workers
+    config.training.device = args.device
+    config.training.precision = args.precision
+    config.training.compile = args.compile
+    config.validate()
+    return config
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -309,11 +404,16 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from urbansound.models import create_model, list_models
+    from urbansound.models.complexity import count_macs, count_parameters
 
+    audio, features = feature_configs(args)
+    frames = 1 + audio.n_samples // features.hop_length
+    print(f"per {audio.duration:g} s clip: {features.n_mels} bands x {frames} frames")
+    print(f"{'model':12s} {'parameters':>12s} {'MACs':>10s}")
     for name in list_models():
-        model = create_model(name, n_classes=10, n_bands=64)
-        n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        print(f"{name:12s} {n_params:>12,d} parameters")
+        model = create_model(name, n_classes=10, n_bands=features.n_mels)
+        macs = count_macs(model, (1, 1, features.n_mels, frames))
+        print(f"{name:12s} {count_parameters(model):>12,d} {macs / 1e6:>9,.0f}M")
     return 0
 
 
@@ -403,6 +503,72 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_models_arguments(parser: argparse.ArgumentParser) -> None:
+    add_feature_arguments(parser)
+
+
+def cmd_crossval(args: argparse.Namespace) -> int:
+    from urbansound.training.crossval import crossval
+
+    if args.resume is not None:
+        out_dir = crossval(
+            RunConfig(), folds=args.folds, out_dir=args.resume, resume=True, progress=not args.quiet
+        )
+    else:
+        config = run_config_from_args(args)
+        out_dir = crossval(
+            config, folds=args.folds, out_dir=Path(args.out) if args.out else None, progress=not args.quiet
+        )
+    print((out_dir / "crossval.md").read_text())
+    print(f"cross-validation folder: {out_dir}")
+    return 0
+
+
+def add_crossval_arguments(parser: argparse.ArgumentParser) -> None:
+    add_data_arguments(parser, required=False)
+    add_feature_arguments(parser)
+    group = parser.add_argument_group("folds")
+    group.add_argument(
+        "--folds", type=_int_list, default=None, help="test folds to run, e.g. 1,2 (default: all)"
+    )
+    group.add_argument(
+        "--val-fraction",
+        type=float,
+        default=None,
+        help="validate on this share of the training recordings (by fsID) instead of the next fold",
+    )
+    add_model_training_arguments(parser)
+    parser.set_defaults(**{dest: None for dest in RECIPE_FLAGS})
+    group = parser.add_argument_group("run")
+    group.add_argument("--name", default="run", help="suffix of the cross-validation folder")
+    group.add_argument("--runs-dir", default="runs")
+    group.add_argument("--out", default=None, help="cross-validation folder (default: new under --runs-dir)")
+    group.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="CROSSVAL_FOLDER",
+        help="continue an interrupted cross-validation at its first unfinished fold",
+    )
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from urbansound.training.crossval import compare_runs
+
+    text = compare_runs([Path(p) for p in args.runs])
+    if args.out:
+        from urbansound.io_utils import atomic_write_text
+
+        atomic_write_text(Path(args.out), text)
+    print(text)
+    return 0
+
+
+def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("runs", nargs="+", help="run or cross-validation folders")
+    parser.add_argument("--out", default=None, help="also write the comparison to this Markdown file")
+
+
 Command = tuple[
     str, str, Callable[[argparse.ArgumentParser], None] | None, Callable[[argparse.Namespace], int]
 ]
@@ -411,7 +577,9 @@ COMMANDS: list[Command] = [
     ("visualize", "plot a waveform and spectrograms per class", add_visualize_arguments, cmd_visualize),
     ("synth", "write a synthetic dataset in the UrbanSound8K layout", add_synth_arguments, cmd_synth),
     ("demo", "synthesise demo data, train, evaluate, write the report", add_demo_arguments, cmd_demo),
-    ("models", "list registered models", None, cmd_models),
+    ("models", "list registered models with parameters and MACs per clip", add_models_arguments, cmd_models),
+    ("crossval", "cross-validate over the dataset's folds", add_crossval_arguments, cmd_crossval),
+    ("compare", "put runs or cross-validations side by side", add_compare_arguments, cmd_compare),
     ("predict", "classify recordings with a trained model", add_predict_arguments, cmd_predict),
     ("export", "export a model file to ONNX or TorchScript", add_export_arguments, cmd_export),
     ("serve", "serve a model over HTTP (with a web page)", add_serve_arguments, cmd_serve),

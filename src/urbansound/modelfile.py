@@ -130,3 +130,64 @@ def load_model_file(
     except RuntimeError as error:
         raise DataError(f"{path}: weights do not match the model {spec.model.name!r}: {error}") from None
     return model.to(device).eval(), spec
+
+
+def load_pretrained_weights(model: AudioClassifier, path: str | Path) -> list[str]:
+    """Initialise ``model`` from a user-supplied model file for fine-tuning (nothing is downloaded).
+
+    Every backbone tensor must match in name and shape, except the output layer when the class count
+    differs (then it keeps its fresh initialisation). The normaliser is not copied: the new training set's
+    statistics are measured as usual.
+
+    Returns:
+        names of the tensors left at their fresh initialisation (the output layer, if replaced).
+
+    Raises:
+        ConfigError: the file holds another architecture (model name, options or band count), naming the
+            tensors that differ.
+        DataError: the file is missing, damaged or not an urbansound model file.
+    """
+    from urbansound.errors import ConfigError
+
+    spec, _ = read_model_spec(path)
+    try:
+        source = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as error:
+        raise DataError(f"{path}: damaged model weights ({error})") from None
+    target = {k: v for k, v in model.state_dict().items() if k.startswith("backbone.")}
+    source = {k: v for k, v in source.items() if k.startswith("backbone.")}
+    missing = sorted(set(target) - set(source))
+    unexpected = sorted(set(source) - set(target))
+    mismatched = sorted(k for k in set(target) & set(source) if target[k].shape != source[k].shape)
+    n_old = len(spec.class_names)
+    head = [
+        k
+        for k in mismatched
+        if source[k].shape[0] == n_old
+        and target[k].shape[0] != n_old
+        and target[k].shape[1:] == source[k].shape[1:]
+    ]
+    other = [k for k in mismatched if k not in head]
+    if missing or unexpected or other:
+        details = [
+            f"missing {missing[:5]}" if missing else "",
+            f"unexpected {unexpected[:5]}" if unexpected else "",
+        ]
+        details += [
+            f"{k}: file {tuple(source[k].shape)} vs model {tuple(target[k].shape)}" for k in other[:5]
+        ]
+        raise ConfigError(
+            f"{path}: its weights do not fit this model: the file holds {spec.model.name!r} "
+            f"({spec.features.n_mels} bands, options {spec.model.kwargs}); "
+            + "; ".join(d for d in details if d)
+        )
+    state = {k: v for k, v in source.items() if k not in head}
+    model.load_state_dict(state, strict=False)
+    if head:
+        logger.info(
+            "%s: %d classes -> %d; output layer re-initialised",
+            path,
+            n_old,
+            model.state_dict()[head[0]].shape[0],
+        )
+    return head

@@ -9,7 +9,7 @@ import torch
 
 from urbansound.config import AudioConfig, FeatureConfig
 from urbansound.data.audio import load_audio
-from urbansound.data.metadata import load_metadata
+from urbansound.data.datasets import load_dataset
 from urbansound.evaluation.plots import ClassExample, plot_class_examples
 from urbansound.features.frontend import SpectrogramFrontend
 
@@ -20,7 +20,7 @@ def draw_class_examples(
     annotations: str | Path, data_dir: str | Path, out: Path, audio: AudioConfig, features: FeatureConfig
 ) -> Path:
     """Plot the first clip of every class: waveform, log-mel spectrogram and gammatonegram."""
-    index = load_metadata(annotations, data_dir, skip_bad=True)
+    index = load_dataset(annotations, data_dir, skip_bad=True)
     frontends = {
         kind: SpectrogramFrontend(dataclasses.replace(features, kind=kind), audio.sample_rate)
         for kind in KIND_LABELS

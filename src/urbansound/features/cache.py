@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from urbansound.config import AudioConfig, FeatureConfig
+from urbansound.config import AudioConfig, AugmentConfig, FeatureConfig
 from urbansound.data.audio import load_audio
 from urbansound.data.metadata import Problem
 from urbansound.errors import DataError
@@ -111,6 +111,57 @@ class _ClipDataset(Dataset):
 
 def _identity(batch: _ClipBatch) -> _ClipBatch:
     return batch
+
+
+class _VariantDataset(Dataset):
+    """Decodes a clip and makes its augmented variants in DataLoader workers (the costly, CPU-bound part)."""
+
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        keys: Sequence[str],
+        audio: AudioConfig,
+        augment: AugmentConfig,
+        seed: int,
+    ) -> None:
+        self.paths, self.keys = list(paths), list(keys)
+        self.audio, self.augment, self.seed = audio, augment, seed
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[int, np.ndarray | None, str]:
+        from urbansound.features.augment import make_variant, variant_rng
+
+        try:
+            wav = load_audio(self.paths[index], self.audio.sample_rate, self.audio.n_samples)
+        except Exception as error:  # noqa: BLE001 - reported per file, as in _ClipDataset
+            return index, None, f"{self.paths[index]}: cannot load audio ({type(error).__name__}: {error})"
+        variants = [
+            make_variant(
+                wav, self.audio.sample_rate, self.augment, variant_rng(self.keys[index], v, self.seed)
+            )
+            for v in range(self.augment.variants)
+        ]
+        return index, np.stack(variants), ""  # (variants, samples)
+
+
+def variants_hash(augment: AugmentConfig, seed: int) -> str:
+    """Identity of the audio-level augmentation settings (SpecAugment and mixup do not change variants)."""
+    payload = {
+        "variants": augment.variants,
+        "time_stretch": augment.time_stretch,
+        "pitch_shift": augment.pitch_shift,
+        "time_shift": augment.time_shift,
+        "gain_db": augment.gain_db,
+        "noise_snr_db": augment.noise_snr_db,
+        "seed": seed,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _collate(items: list[tuple[int, np.ndarray | None, str]]) -> list[tuple[int, np.ndarray | None, str]]:
+    return items
 
 
 @dataclass
@@ -239,6 +290,78 @@ class FeatureCache:
         bar.close()
         logger.info("computed features of %d clip(s) into %s", len(paths) - len(failed), self.directory)
         return failed
+
+    def variant_path(self, key: str, augment: AugmentConfig, seed: int) -> Path:
+        return self.directory / "variants" / variants_hash(augment, seed) / key[:2] / f"{key}.npy"
+
+    def build_variants(
+        self,
+        paths: Sequence[Path],
+        augment: AugmentConfig,
+        seed: int = 0,
+        num_workers: int | None = None,
+        progress: bool = True,
+    ) -> np.ndarray:
+        """Features of ``augment.variants`` augmented copies of each clip, computed once and cached.
+
+        Each clip's variants are stored as one entry ``(variants, n_bands, frames)`` keyed by (file, feature
+        settings, augmentation settings, seed); a variant's random draws depend on (file, variant number,
+        seed) only, so every fold and run that trains on a clip sees the same variants.
+
+        Returns:
+            a read-only memory map ``(len(paths), variants, n_bands, frames)`` in the order of ``paths``.
+            Clips that cannot be decoded raise DataError (their originals already failed the main build).
+        """
+        self._write_settings()
+        paths = [Path(p) for p in paths]
+        keys = [file_key(p) for p in paths]
+        todo = [i for i, k in enumerate(keys) if not self.variant_path(k, augment, seed).exists()]
+        if todo:
+            if augment.time_stretch or augment.pitch_shift:
+                from urbansound.features.augment import _librosa
+
+                _librosa()  # fail here with install advice, not per clip inside the workers
+            if num_workers is None:
+                num_workers = min(len(todo) // 8, os.cpu_count() or 1)
+            loader = DataLoader(
+                _VariantDataset([paths[i] for i in todo], [keys[i] for i in todo], self.audio, augment, seed),
+                batch_size=1,
+                num_workers=num_workers,
+                collate_fn=_collate,
+            )
+            out_dtype = np.float16 if self.dtype == "float16" else np.float32
+            bar = tqdm(
+                total=len(todo), desc="augment", unit="clip", disable=None if progress else True, leave=False
+            )
+            started = time.perf_counter()
+            with torch.inference_mode():
+                for items in loader:
+                    for i, waves, message in items:
+                        if waves is None:
+                            raise DataError(message)
+                        features = (
+                            self.frontend(torch.from_numpy(waves)).numpy().astype(out_dtype, copy=False)
+                        )
+                        _atomic_save_npy(self.variant_path(keys[todo[i]], augment, seed), features)
+                    bar.update(len(items))
+            bar.close()
+            logger.info(
+                "computed %d augmented variant(s) of %d clip(s) in %.0f s",
+                augment.variants,
+                len(todo),
+                time.perf_counter() - started,
+            )
+        digest = hashlib.sha256("\n".join([variants_hash(augment, seed), *keys]).encode()).hexdigest()[:24]
+        path = self.directory / "packs" / f"variants-{digest}.npy"
+        if not path.exists():
+            with atomic_output(path) as tmp:
+                shape = (len(keys), augment.variants, self.n_bands, self.n_frames)
+                packed = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(self.dtype), shape=shape)
+                for i, key in enumerate(keys):
+                    packed[i] = np.load(self.variant_path(key, augment, seed))
+                packed.flush()
+                del packed
+        return np.load(path, mmap_mode="r")
 
     def _pack(self, keys: list[str], failed: set[int]) -> np.ndarray:
         """Stack the entries of ``keys`` into one .npy, written once and memory-mapped read-only, so

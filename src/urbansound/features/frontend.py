@@ -73,10 +73,13 @@ class AudioClassifier(nn.Module):
         self.frontend = frontend
         self.normalizer = normalizer
         self.backbone = backbone
+        # Training-only spectrogram augmentation (SpecAugment), set by the training run; an identity here so
+        # model files and inference never depend on it. It holds no state, so state_dicts are unchanged.
+        self.augment: nn.Module = nn.Identity()
 
     def classify_features(self, features: torch.Tensor) -> torch.Tensor:
         """Logits from dB features ``(batch, n_bands, frames)`` (the cached training path)."""
-        x = self.normalizer(features).unsqueeze(1)  # (batch, 1, n_bands, frames)
+        x = self.augment(self.normalizer(features)).unsqueeze(1)  # (batch, 1, n_bands, frames)
         return self.backbone(x)  # (batch, n_classes)
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:

@@ -69,7 +69,29 @@ def write_history(path: Path, history: list[dict[str, float]]) -> None:
 def make_optimizer(
     model: nn.Module, config: TrainingConfig, steps_per_epoch: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """Adam with a one-cycle schedule peaking at ``max_lr`` (linear annealing, as the seed)."""
+    """The optimiser and its per-batch learning-rate schedule.
+
+    ``onecycle`` (the seed's): Adam with L2 ``weight_decay``, one-cycle peaking at ``max_lr`` with linear
+    annealing. ``cosine``: AdamW (decoupled weight decay, which regularises adaptive optimisers as intended),
+    a linear warm-up over the first 5% of steps, then cosine decay to ~0; no momentum cycling.
+    """
+    if config.scheduler == "cosine":
+        optimizer: torch.optim.Optimizer = torch.optim.AdamW(
+            model.parameters(), lr=config.max_lr, weight_decay=config.weight_decay
+        )
+        # OneCycleLR with cosine annealing is exactly warm-up + cosine decay, and its state_dict resumes.
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=config.max_lr,
+            epochs=config.epochs,
+            steps_per_epoch=max(steps_per_epoch, 1),
+            pct_start=0.05,
+            anneal_strategy="cos",
+            cycle_momentum=False,
+            div_factor=25.0,
+            final_div_factor=1e3,
+        )
+        return optimizer, scheduler
     optimizer = torch.optim.Adam(model.parameters(), lr=config.max_lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer,
@@ -93,6 +115,7 @@ def fit(
     progress: bool = True,
     on_epoch_end: Callable[[dict[str, float]], None] | None = None,
     context: DistributedContext | None = None,
+    mixup_alpha: float = 0.0,
 ) -> FitResult:
     """Train for ``config.epochs`` epochs, selecting the epoch with the best validation accuracy.
 
@@ -156,6 +179,7 @@ def fit(
             num_workers=config.num_workers,
             batch_sampler=batch_sampler,
         )
+        train_set.set_epoch(epoch)  # which precomputed audio variant each clip uses this epoch
         lr = scheduler.get_last_lr()[0]
         stats = train_one_epoch(
             runner,
@@ -168,6 +192,7 @@ def fit(
             desc=f"epoch {epoch}/{config.epochs}",
             scaler=scaler,
             loss_weights=batch_sampler.loss_weights() if batch_sampler is not None else None,
+            mixup_alpha=mixup_alpha,
         )
         stats = reduce_epoch_stats(stats, context)
         val = evaluate_sharded(runner, val_set, max(config.batch_size, 64), device, context)

@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 from tqdm import tqdm
 
+from urbansound.features.augment import mixup_batch
 from urbansound.features.frontend import AudioClassifier
 
 
@@ -22,17 +23,40 @@ class FeatureDataset(Dataset):
     so a batch is one fancy-indexing read from the memory map instead of ``batch_size`` small ones.
     """
 
-    def __init__(self, features: np.ndarray, labels: Sequence[int], indices: Sequence[int]) -> None:
+    def __init__(
+        self,
+        features: np.ndarray,
+        labels: Sequence[int],
+        indices: Sequence[int],
+        variants: np.ndarray | None = None,
+        seed: int = 0,
+    ) -> None:
         self.features = features
         self.labels = np.asarray(labels, dtype=np.int64)
         self.indices = np.asarray(indices, dtype=np.int64)
+        # variants: (len(indices), n_variants, n_bands, frames), row i holding augmented copies of clip
+        # indices[i]. Each epoch picks the original or one variant per clip (see set_epoch).
+        self.variants = variants
+        self.seed = seed
+        self.choice = np.zeros(len(self.indices), dtype=np.int64)  # 0: original, k: variants[:, k - 1]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Pick each clip's version for ``epoch``: a function of (seed, epoch) alone, so resuming is exact."""
+        if self.variants is not None:
+            rng = np.random.default_rng([self.seed, epoch, 7919])
+            self.choice = rng.integers(0, self.variants.shape[1] + 1, size=len(self.indices))
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, positions: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = self.indices[np.asarray(positions)]
+        positions = np.asarray(positions)
+        rows = self.indices[positions]
         x = np.asarray(self.features[rows], dtype=np.float32)  # (batch, n_bands, frames)
+        if self.variants is not None:
+            for k, position in enumerate(positions):
+                if self.choice[position]:
+                    x[k] = self.variants[position, self.choice[position] - 1]
         return torch.from_numpy(x), torch.from_numpy(self.labels[rows])
 
     def __getstate__(self) -> dict[str, object]:
@@ -108,11 +132,14 @@ def train_one_epoch(
     desc: str = "train",
     scaler: torch.amp.GradScaler | None = None,
     loss_weights: Sequence[float] | None = None,
+    mixup_alpha: float = 0.0,
 ) -> EpochStats:
     """One pass over ``loader``; the scheduler steps every batch (one-cycle).
 
     ``scaler`` scales the loss for float16 autocast; ``loss_weights`` (one per batch) weight each batch's
     mean loss before backward, for distributed runs whose ranks hold unequal shares of a global batch.
+    With ``mixup_alpha > 0`` every batch is mixup-ed (:func:`urbansound.features.augment.mixup_batch`);
+    the reported accuracy is then against the dominant clip's label, so it reads lower than without mixup.
     """
     criterion = criterion or nn.CrossEntropyLoss()
     model.train()
@@ -133,8 +160,14 @@ def train_one_epoch(
         features = features.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         wait += time.perf_counter() - fetch
-        logits = model.classify_features(features)
-        loss = criterion(logits, labels)
+        if mixup_alpha > 0:
+            features, labels_a, labels_b, lam = mixup_batch(features, labels, mixup_alpha)
+            logits = model.classify_features(features)
+            loss = lam * criterion(logits, labels_a) + (1 - lam) * criterion(logits, labels_b)
+            labels = labels_a if lam >= 0.5 else labels_b
+        else:
+            logits = model.classify_features(features)
+            loss = criterion(logits, labels)
         optimizer.zero_grad(set_to_none=True)
         weighted = loss if loss_weights is None else loss * loss_weights[step]
         if scaler is None:

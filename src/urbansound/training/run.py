@@ -15,15 +15,17 @@ import numpy as np
 import torch
 
 from urbansound.config import RunConfig, default_cache_dir
-from urbansound.data.metadata import DatasetIndex, Problem, load_metadata, write_problems
+from urbansound.data.datasets import load_dataset
+from urbansound.data.metadata import DatasetIndex, Problem, write_problems
 from urbansound.data.splits import Split, make_split
 from urbansound.errors import ConfigError, DataError
 from urbansound.evaluation.metrics import classification_metrics
 from urbansound.evaluation.plots import plot_confusion_matrix, plot_history
 from urbansound.evaluation.report import write_report
+from urbansound.features.augment import spec_augment_from_config
 from urbansound.features.cache import CachedFeatures, FeatureCache, band_statistics
 from urbansound.io_utils import atomic_write_json, atomic_write_text
-from urbansound.modelfile import ModelSpec, build_classifier, save_model_file
+from urbansound.modelfile import ModelSpec, build_classifier, load_pretrained_weights, save_model_file
 from urbansound.training.checkpoint import CHECKPOINT_NAME
 from urbansound.training.distributed import (
     DistributedContext,
@@ -62,6 +64,7 @@ class PreparedData:
     split: Split
     features: np.ndarray
     labels: list[int]
+    variants: np.ndarray | None = None  # (len(split.train), n_variants, n_bands, frames) or None
 
 
 def prepare_data(
@@ -73,7 +76,7 @@ def prepare_data(
     Clips whose audio cannot be decoded stop the run with a list of them (their features aside, every
     computed entry is kept in the cache), or are dropped with ``skip_bad``.
     """
-    index = load_metadata(config.annotations, config.data_dir, skip_bad=config.skip_bad)
+    index = load_dataset(config.annotations, config.data_dir, layout=config.layout, skip_bad=config.skip_bad)
     split = make_split(index.records, config.split, config.training.seed)
     # Only the clips of this split are decoded; records are narrowed to them so feature rows follow records.
     used = sorted(set(split.train) | set(split.val) | set(split.test))
@@ -109,7 +112,16 @@ def prepare_data(
         if members == 0:
             raise DataError(f"the {side} set is empty ({split.description})")
     labels = [r.class_id for r in index.records]
-    return PreparedData(index=index, split=split, features=cached.array, labels=labels)
+    variants = None
+    if config.augment.variants > 0:
+        # Only training clips are augmented; rows follow split.train.
+        variants = cache.build_variants(
+            [index.records[i].path for i in split.train],
+            config.augment,
+            seed=config.training.seed,
+            progress=progress,
+        )
+    return PreparedData(index=index, split=split, features=cached.array, labels=labels, variants=variants)
 
 
 def new_run_dir(config: RunConfig) -> Path:
@@ -202,10 +214,16 @@ def _train(
         audio=config.audio, features=config.features, model=config.model, class_names=data.index.class_names
     )
     model = build_classifier(spec)
+    if config.training.init_from and resume_dir is None:
+        reset = load_pretrained_weights(model, config.training.init_from)
+        logger.info("initialised from %s%s", config.training.init_from, f" (new: {reset})" if reset else "")
     mean, std = band_statistics(data.features, data.split.train)
     model.normalizer.set_statistics(torch.from_numpy(mean), torch.from_numpy(std))
 
-    train_set = FeatureDataset(data.features, data.labels, data.split.train)
+    model.augment = spec_augment_from_config(config.augment)
+    train_set = FeatureDataset(
+        data.features, data.labels, data.split.train, variants=data.variants, seed=config.training.seed
+    )
     val_set = FeatureDataset(data.features, data.labels, data.split.val)
     test_set = FeatureDataset(data.features, data.labels, data.split.test)
     result = fit(
@@ -219,6 +237,7 @@ def _train(
         resume=resume_dir is not None,
         progress=progress,
         context=context,
+        mixup_alpha=config.augment.mixup_alpha,
     )
     if not context.is_main:
         return run_dir  # rank 0 alone tests the model and writes the results
@@ -282,7 +301,7 @@ def _train(
 def dry_run(config: RunConfig) -> tuple[DatasetIndex, Split]:
     """Validate data and compute the split without decoding any audio."""
     config.validate()
-    index = load_metadata(config.annotations, config.data_dir, skip_bad=config.skip_bad)
+    index = load_dataset(config.annotations, config.data_dir, layout=config.layout, skip_bad=config.skip_bad)
     return index, make_split(index.records, config.split, config.training.seed)
 
 

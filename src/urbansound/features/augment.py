@@ -1,0 +1,143 @@
+"""Data augmentation: audio-level variants (computed once into the cache), SpecAugment, mixup.
+
+Audio level (Salamon & Bello, 2017): time stretch, pitch shift, a circular time shift, a gain change and
+white noise at a random SNR. Stretch and pitch shift cost tens of milliseconds per clip, too much to redo
+every epoch on a CPU, so :func:`make_variant` is run a fixed number of times per clip by the feature cache
+and each epoch picks one stored version per clip (see :class:`urbansound.training.loop.FeatureDataset`).
+
+Spectrogram level: :class:`SpecAugment` (Park et al., 2019) masks random bands and frames of the normalised
+features, active only in training mode, as in EfficientAT; :func:`mixup_batch` (Zhang et al., 2018) mixes
+pairs of clips and their labels. Both draw from torch's global generator, whose state the training
+checkpoint stores, so a resumed run draws the same masks and mixes as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+from torch import nn
+
+from urbansound.config import AugmentConfig
+from urbansound.errors import ConfigError
+
+
+def _librosa():  # type: ignore[no-untyped-def]
+    """librosa's phase-vocoder stretch and pitch shift; optional, needed only to precompute variants."""
+    try:
+        import librosa
+    except ImportError:
+        raise ConfigError(
+            "audio augmentation variants (--aug-variants) need librosa: pip install 'urbansound[augment]' "
+            "(or train without them: --aug-variants 0)"
+        ) from None
+    return librosa
+
+
+def variant_rng(key: str, variant: int, seed: int = 0) -> np.random.Generator:
+    """The generator of one clip's ``variant``: a function of (file key, variant, seed) only, so a variant
+    is the same whichever run, fold or process computes it."""
+    digest = hashlib.sha256(f"{key}|{variant}|{seed}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def make_variant(
+    waveform: np.ndarray, sample_rate: int, config: AugmentConfig, rng: np.random.Generator
+) -> np.ndarray:
+    """One randomly transformed copy of a clip, the same length as the input.
+
+    Args:
+        waveform: float32 mono samples ``(samples,)`` at ``sample_rate`` Hz, already fixed to clip length.
+        config: factors to draw from (stretch rates, semitones, max shift share, max gain dB, SNR range).
+        rng: source of every random choice (see :func:`variant_rng`).
+
+    Returns:
+        float32 ``(samples,)``.
+    """
+    n = waveform.shape[-1]
+    y = waveform.astype(np.float32, copy=True)
+    if config.time_stretch or config.pitch_shift:
+        librosa = _librosa()
+        if config.time_stretch:
+            rate = float(rng.choice(config.time_stretch))
+            y = librosa.effects.time_stretch(y, rate=rate)
+            y = y[:n] if y.shape[-1] >= n else np.pad(y, (0, n - y.shape[-1]))
+        if config.pitch_shift:
+            steps = float(rng.choice(config.pitch_shift))
+            y = librosa.effects.pitch_shift(y, sr=sample_rate, n_steps=steps)
+    if config.time_shift > 0:
+        # Circular: the padded tail of a short clip wraps to the front, so the event moves inside the window.
+        y = np.roll(y, int(rng.integers(-int(config.time_shift * n), int(config.time_shift * n) + 1)))
+    if config.gain_db > 0:
+        y = y * np.float32(10 ** (rng.uniform(-config.gain_db, config.gain_db) / 20))
+    if config.noise_snr_db is not None:
+        power = float(np.mean(np.square(y)))
+        if power > 0:
+            snr = rng.uniform(*config.noise_snr_db)
+            y = y + rng.standard_normal(n).astype(np.float32) * np.float32(np.sqrt(power / 10 ** (snr / 10)))
+    return np.clip(y, -1.0, 1.0).astype(np.float32, copy=False)
+
+
+class SpecAugment(nn.Module):
+    """Random frequency and time masks on features ``(batch, n_bands, frames)``, in training mode only.
+
+    Masked cells are set to 0, which after the band normaliser is each band's training mean. The module has
+    no parameters or buffers, so it adds nothing to a model's state and old model files still load.
+    """
+
+    def __init__(self, freq_masks: int, freq_width: int, time_masks: int, time_width: int) -> None:
+        super().__init__()
+        self.freq_masks, self.freq_width = freq_masks, freq_width
+        self.time_masks, self.time_width = time_masks, time_width
+
+    @staticmethod
+    def _mask(size: int, count: int, width: int, batch: int, device: torch.device) -> torch.Tensor:
+        """``(batch, size)`` booleans, True inside any of ``count`` random spans up to ``width`` long."""
+        width = min(width, size)
+        widths = torch.randint(0, width + 1, (batch, count, 1))
+        starts = (torch.rand(batch, count, 1) * (size - widths + 1)).long()
+        positions = torch.arange(size)[None, None, :]
+        return ((positions >= starts) & (positions < starts + widths)).any(dim=1).to(device)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        # features: (batch, n_bands, frames)
+        if not self.training:
+            return features
+        batch, n_bands, frames = features.shape
+        # Drawn on the CPU generator even for GPU tensors: its state is what the checkpoint saves.
+        mask = torch.zeros(batch, n_bands, frames, dtype=torch.bool, device=features.device)
+        if self.freq_masks and self.freq_width:
+            mask |= self._mask(n_bands, self.freq_masks, self.freq_width, batch, features.device)[:, :, None]
+        if self.time_masks and self.time_width:
+            mask |= self._mask(frames, self.time_masks, self.time_width, batch, features.device)[:, None, :]
+        return features.masked_fill(mask, 0.0)  # (batch, n_bands, frames)
+
+    def extra_repr(self) -> str:
+        return (
+            f"freq_masks={self.freq_masks}, freq_width={self.freq_width}, "
+            f"time_masks={self.time_masks}, time_width={self.time_width}"
+        )
+
+
+def spec_augment_from_config(config: AugmentConfig) -> nn.Module:
+    """The SpecAugment module ``config`` asks for, or an identity when masking is off."""
+    if not config.spec_augment:
+        return nn.Identity()
+    return SpecAugment(config.freq_masks, config.freq_mask_width, config.time_masks, config.time_mask_width)
+
+
+def mixup_batch(
+    features: torch.Tensor, labels: torch.Tensor, alpha: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """Mix each clip with a random partner: ``lam * x + (1 - lam) * x[perm]``.
+
+    Mixing the dB features equals mixing the normalised ones (the band normaliser is affine).
+
+    Returns:
+        ``(mixed features, labels, partner labels, lam)``; the loss is
+        ``lam * loss(labels) + (1 - lam) * loss(partner labels)``.
+    """
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    perm = torch.randperm(features.shape[0]).to(features.device)
+    return lam * features + (1 - lam) * features[perm], labels, labels[perm], lam

@@ -1,0 +1,196 @@
+"""Augmentation: shapes kept, randomness reproducible, everything off at evaluation, resume stays exact."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file
+from test_training import tiny_config, tiny_dataset  # noqa: F401 - the fixture is used by name
+
+from urbansound.config import AudioConfig, AugmentConfig, FeatureConfig, ModelConfig, RunConfig
+from urbansound.features.augment import SpecAugment, make_variant, mixup_batch, variant_rng
+from urbansound.features.frontend import AudioClassifier, BandNormalizer, SpectrogramFrontend
+from urbansound.models import create_model
+from urbansound.training import fit as fit_module
+from urbansound.training.loop import FeatureDataset
+from urbansound.training.run import train
+
+
+def _classifier() -> AudioClassifier:
+    features = FeatureConfig(n_fft=256, hop_length=128, n_mels=16)
+    return AudioClassifier(
+        SpectrogramFrontend(features, 8000),
+        BandNormalizer(16),
+        create_model("sbcnn", n_classes=3, n_bands=16),
+    )
+
+
+def test_spec_augment_masks_in_training_only_and_adds_no_state() -> None:
+    torch.manual_seed(0)
+    augment = SpecAugment(freq_masks=2, freq_width=4, time_masks=2, time_width=6)
+    x = torch.randn(8, 16, 40) + 5.0  # no exact zeros before masking
+    augment.train()
+    y = augment(x)
+    assert y.shape == x.shape
+    masked = y == 0
+    assert masked.any(), "training mode must mask something"
+    # Masks are whole bands or whole frames: every masked cell lies in a fully masked row or column.
+    rows, cols = masked.all(dim=2), masked.all(dim=1)
+    assert bool((masked <= (rows[:, :, None] | cols[:, None, :])).all())
+    assert torch.equal(y[~masked], x[~masked])
+    augment.eval()
+    assert torch.equal(augment(x), x)
+    assert augment.state_dict() == {}
+
+
+def test_classifier_with_spec_augment_is_unchanged_at_evaluation() -> None:
+    torch.manual_seed(1)
+    model = _classifier()
+    plain_state = {k: v.clone() for k, v in model.state_dict().items()}
+    features = torch.randn(4, 16, 30)
+    model.eval()
+    before = model.classify_features(features)
+    model.augment = SpecAugment(2, 4, 2, 8)
+    assert model.state_dict().keys() == plain_state.keys()  # old model files still load
+    model.eval()
+    torch.testing.assert_close(model.classify_features(features), before)
+    model.train()
+    model.backbone.eval()  # isolate the masking from dropout
+    assert not torch.allclose(model.classify_features(features), before)
+
+
+def test_mixup_is_a_convex_pair_mix() -> None:
+    torch.manual_seed(2)
+    x = torch.randn(6, 16, 10)
+    labels = torch.arange(6)
+    mixed, a, b, lam = mixup_batch(x, labels, alpha=0.4)
+    assert mixed.shape == x.shape and 0.0 <= lam <= 1.0
+    assert torch.equal(a, labels)
+    partner = x[b]  # labels are positions here, so b is the permutation
+    torch.testing.assert_close(mixed, lam * x + (1 - lam) * partner)
+
+
+def test_audio_variant_keeps_length_and_is_reproducible() -> None:
+    rng = np.random.default_rng(0)
+    wave = (0.3 * rng.standard_normal(8000)).astype(np.float32)
+    config = AugmentConfig(variants=2)
+    one = make_variant(wave, 8000, config, variant_rng("clip", 0))
+    again = make_variant(wave, 8000, config, variant_rng("clip", 0))
+    other = make_variant(wave, 8000, config, variant_rng("clip", 1))
+    assert one.shape == wave.shape and one.dtype == np.float32
+    np.testing.assert_array_equal(one, again)
+    assert not np.allclose(one, other)
+    assert np.abs(one).max() <= 1.0
+
+
+def test_variant_choice_depends_on_seed_and_epoch_only() -> None:
+    features = np.zeros((10, 2, 3), dtype=np.float32)
+    # (2 clips, 2 variants, 2 bands, 3 frames)
+    variants = np.stack([np.full((2, 2, 3), k + 1, dtype=np.float32) for k in range(2)], axis=1)
+    variants = np.repeat(variants, 5, axis=0)  # (10, 2, 2, 3): variant k of every clip holds k + 1
+    data = FeatureDataset(features, list(range(10)), list(range(10)), variants=variants, seed=4)
+    seen = []
+    for epoch in (1, 2, 1):
+        data.set_epoch(epoch)
+        x, _ = data[list(range(10))]
+        seen.append(x[:, 0, 0].numpy())
+    np.testing.assert_array_equal(seen[0], seen[2])  # same (seed, epoch) -> same versions
+    assert not np.array_equal(seen[0], seen[1])
+    assert set(np.concatenate(seen).tolist()) <= {0.0, 1.0, 2.0}
+    # Evaluation sets have no variants: always the original.
+    plain = FeatureDataset(features, list(range(10)), list(range(10)))
+    plain.set_epoch(3)
+    assert float(plain[list(range(10))][0].abs().sum()) == 0.0
+
+
+def _augmented(config: RunConfig) -> RunConfig:
+    config.model = ModelConfig(name="sbcnn", kwargs={"batch_norm": True})
+    config.augment = AugmentConfig(
+        variants=2,
+        time_stretch=[0.9, 1.1],
+        pitch_shift=[-1.0, 1.0],
+        freq_masks=1,
+        freq_mask_width=4,
+        time_masks=1,
+        time_mask_width=4,
+        mixup_alpha=0.3,
+    )
+    config.training.scheduler = "cosine"
+    config.training.label_smoothing = 0.1
+    config.training.weight_decay = 1e-2
+    return config
+
+
+def test_augmented_run_resumes_to_identical_weights(
+    tiny_dataset: Path,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cache = tmp_path / "cache"
+    straight = train(_augmented(tiny_config(tiny_dataset, tmp_path / "a", cache, epochs=3)), progress=False)
+    variants = list((cache).glob("*/variants/*/*/*.npy"))
+    assert len(variants) == 20  # one entry per training clip, holding its 2 variants
+    assert np.load(variants[0]).shape[0] == 2
+
+    real_save = fit_module.save_checkpoint
+
+    def save_then_interrupt(path: Path, state: dict) -> None:
+        real_save(path, state)
+        if state["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(fit_module, "save_checkpoint", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train(_augmented(tiny_config(tiny_dataset, tmp_path / "b", cache, epochs=3)), progress=False)
+    monkeypatch.undo()
+    (interrupted,) = (tmp_path / "b").iterdir()
+    resumed = train(RunConfig(), resume_dir=interrupted, progress=False)
+    a, b = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    saved = json.loads((resumed / "config.json").read_text())
+    assert saved["augment"]["mixup_alpha"] == 0.3 and saved["training"]["scheduler"] == "cosine"
+
+
+def test_model_file_of_augmented_run_predicts_without_augmentation(
+    tiny_dataset: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    from urbansound.modelfile import load_model_file
+
+    config = _augmented(tiny_config(tiny_dataset, tmp_path / "runs", tmp_path / "cache", epochs=1))
+    config.augment.variants = 0
+    run_dir = train(config, progress=False)
+    model, spec = load_model_file(run_dir / "model.safetensors")
+    assert isinstance(model.augment, torch.nn.Identity)
+    wave = torch.randn(2, AudioConfig(sample_rate=16_000, duration=1.0).n_samples) * 0.1
+    torch.testing.assert_close(model(wave), model(wave))
+    assert spec.model.kwargs == {"batch_norm": True}
+
+
+def test_long_clips_average_predictions_over_windows() -> None:
+    from urbansound.evaluation.windows import predict_windows, window_starts
+
+    assert window_starts(100, 100, 50) == [0]
+    assert window_starts(230, 100, 50) == [0, 50, 100, 130]  # the last window is flush with the end
+    torch.manual_seed(3)
+    model = _classifier().eval()
+    window = 4000  # 0.5 s at 8 kHz
+    long = torch.randn(9000) * 0.1
+    expected = torch.stack(
+        [
+            torch.softmax(model(long[s : s + window][None]), dim=1)[0]
+            for s in window_starts(9000, window, 2000)
+        ]
+    ).mean(dim=0)
+    averaged = predict_windows(model, long, window)
+    np.testing.assert_allclose(averaged, expected.detach().numpy(), rtol=1e-5, atol=1e-6)
+    assert averaged.sum() == pytest.approx(1.0, abs=1e-5)
+    short = torch.randn(1000) * 0.1
+    padded = torch.nn.functional.pad(short, (0, window - 1000))
+    single = torch.softmax(model(padded[None]), dim=1)[0].detach().numpy()
+    np.testing.assert_allclose(predict_windows(model, short, window), single, rtol=1e-5, atol=1e-6)
