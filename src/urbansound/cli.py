@@ -369,7 +369,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     root = Path(args.out) / "UrbanSound8K"
     if not (root / "metadata" / "UrbanSound8K.csv").is_file():
-        root = synthesize_dataset(Path(args.out), recordings_per_class=10, clips_per_recording=3, seed=0)
+        root = synthesize_dataset(Path(args.out), recordings_per_class=20, clips_per_recording=3, seed=0)
     config = RunConfig(
         annotations=str(root / "metadata" / "UrbanSound8K.csv"),
         data_dir=str(root / "audio"),
@@ -398,7 +398,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo_data", help="where the synthetic dataset is written")
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--runs-dir", default="runs")
 
 
