@@ -23,7 +23,14 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
-from urbansound.data.metadata import ClipRecord, DatasetIndex, Problem, _escapes, load_metadata
+from urbansound.data.metadata import (
+    ClipRecord,
+    DatasetIndex,
+    Problem,
+    _escapes,
+    load_metadata,
+    read_metadata_rows,
+)
 from urbansound.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -85,16 +92,7 @@ def load_esc50(
     annotations, data_dir = Path(annotations), Path(data_dir)
     if not data_dir.is_dir():
         raise DataError(f"{data_dir}: audio folder not found")
-    try:
-        with open(annotations, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            columns = reader.fieldnames or []
-            rows = list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise DataError(f"{annotations}: cannot read metadata ({error})") from None
-    missing = [c for c in ESC50_COLUMNS if c not in columns]
-    if missing:
-        raise DataError(f"{annotations}: missing ESC-50 column(s) {', '.join(missing)}")
+    rows = read_metadata_rows(annotations, ESC50_COLUMNS)
     problems: list[Problem] = []
     parsed: list[tuple[str, str, int, int, str]] = []
     names_by_id: dict[int, Counter[str]] = defaultdict(Counter)

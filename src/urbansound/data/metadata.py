@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
@@ -69,6 +70,23 @@ def _parse_optional_float(value: str | None) -> float | None:
         return None
 
 
+def read_metadata_rows(annotations: Path, required: Sequence[str]) -> list[dict[str, str]]:
+    """Rows of a metadata CSV (a BOM is tolerated), after checking that every ``required`` column is there."""
+    try:
+        with open(annotations, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            columns = reader.fieldnames or []
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise DataError(f"{annotations}: cannot read metadata ({error})") from None
+    missing = [c for c in required if c not in columns]
+    if missing:
+        raise DataError(
+            f"{annotations}: missing required column(s) {', '.join(missing)}; found {', '.join(columns)}"
+        )
+    return rows
+
+
 def load_metadata(
     annotations: str | Path, data_dir: str | Path, skip_bad: bool = False, check_files: bool = True
 ) -> DatasetIndex:
@@ -91,18 +109,7 @@ def load_metadata(
         raise DataError(f"{annotations}: metadata file not found")
     if not data_dir.is_dir():
         raise DataError(f"{data_dir}: audio folder not found (expected the folder holding fold1..fold10)")
-    try:
-        with open(annotations, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            columns = reader.fieldnames or []
-            rows = list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise DataError(f"{annotations}: cannot read metadata ({error})") from None
-    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-    if missing:
-        raise DataError(
-            f"{annotations}: missing required column(s) {', '.join(missing)}; found {', '.join(columns)}"
-        )
+    rows = read_metadata_rows(annotations, REQUIRED_COLUMNS)
     if not rows:
         raise DataError(f"{annotations}: no rows")
 
