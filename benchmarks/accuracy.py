@@ -49,7 +49,7 @@ ROWS = [
     Row(
         "default-gammatone",
         "default",
-        "sbcnn+BN, 128 gammatone, full augmentation",
+        "resnet 16-32-64-128, 128 gammatone, full augmentation",
         {"features": {"kind": "gammatone"}},
     ),
     Row(
