@@ -38,7 +38,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from urbansound.data.audio import load_audio, resample, to_mono
+from urbansound.data.audio import load_audio, load_audio_or_reason, resample, to_mono
 from urbansound.errors import ConfigError, DataError
 from urbansound.features.frontend import AudioClassifier
 from urbansound.modelfile import ModelSpec, load_model_file
@@ -147,14 +147,8 @@ class DecodeDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, str | None]:
-        if not self.paths[i].is_file():
-            return i, None, f"{self.paths[i]}: no such file"
-        try:
-            return i, load_audio(self.paths[i], self.sample_rate), None
-        except DataError as error:
-            return i, None, str(error)
-        except (OSError, ValueError, RuntimeError, MemoryError) as error:  # e.g. soxr on absurd rates
-            return i, None, f"{self.paths[i]}: cannot read audio ({type(error).__name__}: {error})"
+        waveform, reason = load_audio_or_reason(self.paths[i], self.sample_rate)
+        return i, waveform, reason or None
 
 
 def _first(batch: list[Any]) -> Any:

@@ -67,3 +67,24 @@ def load_audio(path: str | Path, sample_rate: int, n_samples: int | None = None)
     samples, orig_sr = decode(path)
     waveform = resample(to_mono(samples), orig_sr, sample_rate)
     return fix_length(waveform, n_samples) if n_samples is not None else waveform
+
+
+def load_audio_or_reason(
+    path: str | Path, sample_rate: int, n_samples: int | None = None
+) -> tuple[np.ndarray | None, str]:
+    """:func:`load_audio`, with a failure returned as its reason (naming the file) instead of raised.
+
+    For DataLoader workers decoding many files, where one unreadable file must not stop the others.
+
+    Returns:
+        ``(waveform, "")`` or ``(None, reason)``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None, f"{path}: no such file"
+    try:
+        return load_audio(path, sample_rate, n_samples), ""
+    except DataError as error:
+        return None, str(error)
+    except Exception as error:  # noqa: BLE001 - any decoder or resampler failure is reported per file
+        return None, f"{path}: cannot load audio ({type(error).__name__}: {error})"

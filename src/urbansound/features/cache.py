@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from urbansound.config import AudioConfig, AugmentConfig, FeatureConfig
-from urbansound.data.audio import load_audio
+from urbansound.data.audio import load_audio_or_reason
 from urbansound.data.metadata import Problem
 from urbansound.errors import DataError
 from urbansound.features.frontend import SpectrogramFrontend
@@ -94,14 +94,14 @@ class _ClipDataset(Dataset):
 
     def __getitems__(self, indices: list[int]) -> _ClipBatch:
         waveforms, positions, errors = [], [], {}
+        rate, n_samples = self.audio.sample_rate, self.audio.n_samples
         for i in indices:
-            try:
-                waveforms.append(load_audio(self.paths[i], self.audio.sample_rate, self.audio.n_samples))
+            waveform, reason = load_audio_or_reason(self.paths[i], rate, n_samples)
+            if waveform is None:
+                errors[i] = reason
+            else:
+                waveforms.append(waveform)
                 positions.append(i)
-            except DataError as error:
-                errors[i] = str(error)
-            except Exception as error:  # noqa: BLE001 - any decoder failure is reported per file
-                errors[i] = f"{self.paths[i]}: cannot load audio ({type(error).__name__}: {error})"
         tensor = torch.from_numpy(np.stack(waveforms)) if waveforms else None
         if tensor is not None and self.frontend is not None:
             with torch.inference_mode():
@@ -133,10 +133,9 @@ class _VariantDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[int, np.ndarray | None, str]:
         from urbansound.features.augment import make_variant, variant_rng
 
-        try:
-            wav = load_audio(self.paths[index], self.audio.sample_rate, self.audio.n_samples)
-        except Exception as error:  # noqa: BLE001 - reported per file, as in _ClipDataset
-            return index, None, f"{self.paths[index]}: cannot load audio ({type(error).__name__}: {error})"
+        wav, reason = load_audio_or_reason(self.paths[index], self.audio.sample_rate, self.audio.n_samples)
+        if wav is None:
+            return index, None, reason
         variants = [
             make_variant(
                 wav, self.audio.sample_rate, self.augment, variant_rng(self.keys[index], v, self.seed)
