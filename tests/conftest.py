@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 
 from urbansound.config import AudioConfig, FeatureConfig
-from urbansound.data.synth import CLASS_NAMES, synthesize_event
+from urbansound.data.synth import CLASS_NAMES, synthesize_dataset, synthesize_event
 
 
 def _sine(freq: float, duration: float, sample_rate: int, amplitude: float = 0.5) -> np.ndarray:
@@ -74,3 +74,12 @@ def event_clips(tmp_path: Path) -> list[Path]:
         sf.write(path, signal, sample_rate, subtype=subtype)
         paths.append(path)
     return paths
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 60-clip synthetic UrbanSound8K (3 folds, 22.05 kHz mono 4 s), made once for the whole session."""
+    dest = tmp_path_factory.mktemp("tiny")
+    return synthesize_dataset(
+        dest, recordings_per_class=3, clips_per_recording=2, seed=1, n_folds=3, vary_formats=False
+    )

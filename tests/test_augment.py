@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.numpy import load_file
-from test_training import tiny_config, tiny_dataset  # noqa: F401 - the fixture is used by name
+from test_training import tiny_config
 
 from urbansound.config import AudioConfig, AugmentConfig, FeatureConfig, ModelConfig, RunConfig
 from urbansound.features.augment import SpecAugment, make_variant, mixup_batch, variant_rng
@@ -126,7 +126,7 @@ def _augmented(config: RunConfig) -> RunConfig:
 
 
 def test_augmented_run_resumes_to_identical_weights(
-    tiny_dataset: Path,  # noqa: F811
+    tiny_dataset: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -157,7 +157,7 @@ def test_augmented_run_resumes_to_identical_weights(
 
 
 def test_model_file_of_augmented_run_predicts_without_augmentation(
-    tiny_dataset: Path,  # noqa: F811
+    tiny_dataset: Path,
     tmp_path: Path,
 ) -> None:
     from urbansound.modelfile import load_model_file

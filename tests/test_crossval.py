@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_training import tiny_config, tiny_dataset  # noqa: F401 - the fixture is used by name
+from test_training import tiny_config
 
 from urbansound.config import RunConfig, SplitConfig
 from urbansound.data.datasets import load_dataset
@@ -71,7 +71,7 @@ def test_validation_fold_wraps_and_needs_two_folds() -> None:
 
 
 def test_crossval_summary_and_resume_at_first_unfinished_fold(
-    tiny_dataset: Path,  # noqa: F811
+    tiny_dataset: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -121,7 +121,7 @@ def test_crossval_summary_and_resume_at_first_unfinished_fold(
     assert "Settings that differ" in comparison
 
 
-def test_compare_lists_settings_that_differ(tiny_dataset: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_compare_lists_settings_that_differ(tiny_dataset: Path, tmp_path: Path) -> None:
     from urbansound.training.run import train
 
     a = train(tiny_config(tiny_dataset, tmp_path / "a", tmp_path / "cache", epochs=1), progress=False)

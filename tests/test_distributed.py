@@ -23,7 +23,6 @@ from safetensors.numpy import load_file
 from test_training import tiny_config
 from torch import nn
 
-from urbansound.data.synth import synthesize_dataset
 from urbansound.errors import ConfigError
 from urbansound.training.distributed import GlobalBatchNorm2d, GlobalBatchSampler, convert_batchnorm
 from urbansound.training.loop import FeatureDataset, make_loader
@@ -102,18 +101,6 @@ def test_global_batchnorm_matches_batchnorm_in_a_one_process_group() -> None:
 # ---- end to end: torchrun with 2 processes ---------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return synthesize_dataset(
-        tmp_path_factory.mktemp("tiny"),
-        recordings_per_class=3,
-        clips_per_recording=2,
-        seed=1,
-        n_folds=3,
-        vary_formats=False,
-    )
-
-
 def _train_args(root: Path, runs: Path, cache: Path) -> list[str]:
     config = tiny_config(root, runs, cache, epochs=EPOCHS)
     # The seed recipe: no random augmentation, whose per-process draws (SpecAugment masks, mixup weights)
@@ -146,9 +133,9 @@ def _history(run_dir: Path) -> list[dict[str, float]]:
 
 
 @pytest.fixture(scope="module")
-def two_process_run(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def two_process_run(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.mktemp("ddp")
-    result = _torchrun(*_train_args(tiny, base / "runs", base / "cache"))
+    result = _torchrun(*_train_args(tiny_dataset, base / "runs", base / "cache"))
     assert result.stdout.count("run folder:") == 1  # only rank 0 reports
     (run_dir,) = (base / "runs").iterdir()
     return run_dir
@@ -156,9 +143,9 @@ def two_process_run(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 @pytest.mark.slow
 def test_two_processes_follow_the_one_process_loss_trajectory(
-    tiny: Path, two_process_run: Path, tmp_path: Path
+    tiny_dataset: Path, two_process_run: Path, tmp_path: Path
 ) -> None:
-    config = tiny_config(tiny, tmp_path / "runs", tmp_path / "cache", epochs=EPOCHS, batch_size=16)
+    config = tiny_config(tiny_dataset, tmp_path / "runs", tmp_path / "cache", epochs=EPOCHS, batch_size=16)
     single = train(config, progress=False)
     one, two = _history(single), _history(two_process_run)
     assert len(one) == len(two) == EPOCHS
@@ -177,11 +164,11 @@ def test_two_processes_follow_the_one_process_loss_trajectory(
 
 @pytest.mark.slow
 def test_killed_distributed_run_resumes_to_the_same_weights(
-    tiny: Path, two_process_run: Path, tmp_path: Path
+    tiny_dataset: Path, two_process_run: Path, tmp_path: Path
 ) -> None:
     runs, cache = tmp_path / "runs", tmp_path / "cache"
     process = subprocess.Popen(
-        [*TORCHRUN, "-m", "urbansound", *_train_args(tiny, runs, cache)],
+        [*TORCHRUN, "-m", "urbansound", *_train_args(tiny_dataset, runs, cache)],
         env=_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -18,24 +18,11 @@ from test_training import tiny_config
 
 from urbansound.cli import build_parser, run_config_from_args
 from urbansound.config import AudioConfig, FeatureConfig
-from urbansound.data.synth import synthesize_dataset
 from urbansound.errors import ConfigError
 from urbansound.features.cache import FeatureCache
 from urbansound.training import hardware
 from urbansound.training.loop import FeatureDataset
 from urbansound.training.run import resolve_device, train
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return synthesize_dataset(
-        tmp_path_factory.mktemp("tiny"),
-        recordings_per_class=3,
-        clips_per_recording=2,
-        seed=1,
-        n_folds=3,
-        vary_formats=False,
-    )
 
 
 def test_precision_resolution() -> None:
@@ -63,7 +50,7 @@ def test_auto_device_is_cuda_then_mps_then_cpu() -> None:
     assert resolve_device("cpu").type == "cpu"
 
 
-def test_cli_options_reach_the_configuration(tiny: Path) -> None:
+def test_cli_options_reach_the_configuration(tiny_dataset: Path) -> None:
     args = build_parser().parse_args(
         ["train", "--annotations", "a.csv", "--data", "audio", "--device", "cpu", "--precision", "bf16",
          "--compile", "--cache-dtype", "float16"]
@@ -84,7 +71,7 @@ def test_cli_options_reach_the_configuration(tiny: Path) -> None:
 
 
 def test_compile_flag_wraps_the_model_with_torch_compile(
-    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Compiling on CPU takes minutes, so torch.compile is replaced by a recorder that returns the module."""
     compiled: list[torch.nn.Module] = []
@@ -94,26 +81,24 @@ def test_compile_flag_wraps_the_model_with_torch_compile(
         return module
 
     monkeypatch.setattr(torch, "compile", fake_compile)
-    run_dir = train(
-        tiny_config(tiny, tmp_path / "runs", tmp_path / "cache", epochs=1, compile=True), progress=False
-    )
+    config = tiny_config(tiny_dataset, tmp_path / "runs", tmp_path / "cache", epochs=1, compile=True)
+    run_dir = train(config, progress=False)
     assert compiled and all(isinstance(m, hardware._FeaturePath) for m in compiled)
     assert json.loads((run_dir / "config.json").read_text())["training"]["compile"] is True
 
 
-def test_bf16_autocast_trains_on_cpu(tiny: Path, tmp_path: Path) -> None:
-    run_dir = train(
-        tiny_config(tiny, tmp_path / "runs", tmp_path / "cache", epochs=2, precision="bf16"), progress=False
-    )
+def test_bf16_autocast_trains_on_cpu(tiny_dataset: Path, tmp_path: Path) -> None:
+    config = tiny_config(tiny_dataset, tmp_path / "runs", tmp_path / "cache", epochs=2, precision="bf16")
+    run_dir = train(config, progress=False)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert 0.0 <= metrics["test_accuracy"] <= 1.0
     rows = (run_dir / "history.csv").read_text().splitlines()[1:]
     assert all(math.isfinite(float(row.split(",")[1])) for row in rows)
 
 
-def test_float16_cache_stores_half_and_serves_float32(tiny: Path, tmp_path: Path) -> None:
+def test_float16_cache_stores_half_and_serves_float32(tiny_dataset: Path, tmp_path: Path) -> None:
     audio, features = AudioConfig(sample_rate=16_000, duration=1.0), FeatureConfig(n_fft=512, hop_length=256)
-    paths = sorted((tiny / "audio").glob("fold1/*.wav"))[:6]
+    paths = sorted((tiny_dataset / "audio").glob("fold1/*.wav"))[:6]
     full = FeatureCache(tmp_path, audio, features).build(paths, num_workers=0, progress=False, device="cpu")
     half = FeatureCache(tmp_path, audio, features, dtype="float16").build(
         paths, num_workers=0, progress=False
@@ -126,10 +111,10 @@ def test_float16_cache_stores_half_and_serves_float32(tiny: Path, tmp_path: Path
     assert batch.dtype == torch.float32
 
 
-def test_dataset_pickles_the_memory_map_by_name(tiny: Path, tmp_path: Path) -> None:
+def test_dataset_pickles_the_memory_map_by_name(tiny_dataset: Path, tmp_path: Path) -> None:
     """Spawned data-loader workers (macOS, Windows) receive the file name, not a copy of every feature."""
     audio, features = AudioConfig(sample_rate=16_000, duration=1.0), FeatureConfig(n_fft=512, hop_length=256)
-    paths = sorted((tiny / "audio").glob("fold1/*.wav"))[:6]
+    paths = sorted((tiny_dataset / "audio").glob("fold1/*.wav"))[:6]
     cached = FeatureCache(tmp_path, audio, features).build(paths, num_workers=0, progress=False)
     dataset = FeatureDataset(cached.array, list(range(6)), [1, 3, 5])
     payload = pickle.dumps(dataset)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_training import tiny_config, tiny_dataset  # noqa: F401 - the fixture is used by name
+from test_training import tiny_config
 
 from urbansound.cli import build_parser, main, run_config_from_args
 from urbansound.config import AudioConfig, FeatureConfig, ModelConfig, TrainingConfig
@@ -70,7 +70,7 @@ def _spec(name: str, n_classes: int, n_mels: int = 32, **kwargs: object) -> Mode
 
 
 def test_init_from_loads_matching_weights_and_refuses_other_architectures(
-    tiny_dataset: Path,  # noqa: F811
+    tiny_dataset: Path,
     tmp_path: Path,
 ) -> None:
     source_run = train(
@@ -108,7 +108,7 @@ def test_init_from_loads_matching_weights_and_refuses_other_architectures(
 
 
 def test_crossval_compare_and_models_commands(
-    tiny_dataset: Path,  # noqa: F811
+    tiny_dataset: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -15,18 +15,9 @@ import pytest
 from safetensors.numpy import load_file
 
 from urbansound.config import AudioConfig, FeatureConfig, RunConfig, SplitConfig, TrainingConfig
-from urbansound.data.synth import synthesize_dataset
 from urbansound.errors import DataError
 from urbansound.training import fit as fit_module
 from urbansound.training.run import train
-
-
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    dest = tmp_path_factory.mktemp("tiny")
-    return synthesize_dataset(
-        dest, recordings_per_class=3, clips_per_recording=2, seed=1, n_folds=3, vary_formats=False
-    )
 
 
 def tiny_config(root: Path, runs: Path, cache: Path, epochs: int = 3, **training: object) -> RunConfig:
