@@ -264,3 +264,22 @@ def test_float16_cache_is_close_to_float32(
     np.testing.assert_allclose(reduced.astype(np.float32), full, rtol=0, atol=0.07)
     with pytest.raises(ValueError):
         FeatureCache(tmp_path / "cache", small_audio, small_features, dtype="int8")
+
+
+def test_clip_max_statistics_are_those_of_max_referenced_clips_and_share_the_cache(
+    tmp_path: Path, event_clips: list[Path], small_audio: AudioConfig, small_features: FeatureConfig
+) -> None:
+    array = build(FeatureCache(tmp_path / "cache", small_audio, small_features), event_clips).array
+    chosen = [0, 2, 3]
+    mean, std = band_statistics(array, chosen, chunk=2, db_reference="clip_max")
+    subset = np.asarray(array[chosen], dtype=np.float64)
+    subset -= subset.max(axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(mean, subset.mean(axis=(0, 2)), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(std, subset.std(axis=(0, 2)), rtol=1e-4, atol=1e-4)
+    assert float(array[0].max()) != 0.0  # the cache keeps absolute dB; the statistics moved, not the array
+    # The reference is applied after the cache, so both settings read the same entries.
+    relative = dataclasses.replace(small_features, db_reference="clip_max")
+    assert (
+        FeatureCache(tmp_path / "cache", small_audio, relative).directory
+        == FeatureCache(tmp_path / "cache", small_audio, small_features).directory
+    )

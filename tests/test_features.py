@@ -23,7 +23,7 @@ from urbansound.features.filterbanks import (
     mel_filterbank,
     mel_to_hz,
 )
-from urbansound.features.frontend import BandNormalizer, SpectrogramFrontend
+from urbansound.features.frontend import BandNormalizer, SpectrogramFrontend, relative_to_clip_max
 from urbansound.features.spectrogram import gammatonegram, log_mel_spectrogram, power_spectrogram
 
 
@@ -269,3 +269,24 @@ def test_band_normalizer_survives_a_silent_band() -> None:
     out = normalizer(torch.full((1, 2, 3), -100.0))
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out[0, 1], torch.full((3,), -50.0))
+
+
+def test_clip_max_reference_removes_the_recording_level() -> None:
+    features = _features(0)
+    louder = features + 12.0  # the same clips recorded 12 dB hotter: every dB cell moves by 12
+    relative = BandNormalizer(16, db_reference="clip_max")
+    absolute = BandNormalizer(16)
+    for normalizer in (relative, absolute):
+        normalizer.set_statistics(features.mean(dim=(0, 2)), features.std(dim=(0, 2)))
+    torch.testing.assert_close(relative(louder), relative(features))
+    assert not torch.allclose(absolute(louder), absolute(features), atol=0.3)  # ~0.6 std apart
+    # Each clip's loudest cell sits at 0 dB before standardisation.
+    shifted = relative_to_clip_max(louder)
+    torch.testing.assert_close(shifted.amax(dim=(1, 2)), torch.zeros(4))
+    # Clips are referenced to their own maximum, not the batch's.
+    torch.testing.assert_close(relative_to_clip_max(torch.cat([features[:1], louder[1:]]))[:1], shifted[:1])
+
+
+def test_unknown_db_reference_is_refused() -> None:
+    with pytest.raises(ConfigError, match="dB reference"):
+        FeatureConfig(db_reference="peak").validate(16_000)

@@ -85,11 +85,14 @@ def _weights(run_dir: Path) -> dict[str, np.ndarray]:
     return load_file(str(run_dir / "model.safetensors"))
 
 
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
 def test_interrupted_run_resumes_to_identical_weights(
-    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ema_decay: float
 ) -> None:
     cache = tmp_path / "cache"
-    straight = train(tiny_config(tiny_dataset, tmp_path / "a", cache, epochs=4), progress=False)
+    straight = train(
+        tiny_config(tiny_dataset, tmp_path / "a", cache, epochs=4, ema_decay=ema_decay), progress=False
+    )
 
     real_save = fit_module.save_checkpoint
 
@@ -100,7 +103,7 @@ def test_interrupted_run_resumes_to_identical_weights(
 
     monkeypatch.setattr(fit_module, "save_checkpoint", save_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_config(tiny_dataset, tmp_path / "b", cache, epochs=4), progress=False)
+        train(tiny_config(tiny_dataset, tmp_path / "b", cache, epochs=4, ema_decay=ema_decay), progress=False)
     monkeypatch.undo()
     (interrupted,) = (tmp_path / "b").iterdir()
     assert not (interrupted / "model.safetensors").exists()
@@ -179,3 +182,20 @@ def test_undecodable_clip_stops_run_naming_it_and_skip_bad_skips(tiny_dataset: P
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["n_skipped"] == 1
     assert sum(metrics["split"]["sizes"].values()) == 59
+
+
+def test_weight_average_is_what_gets_validated_and_saved(tiny_dataset: Path, tmp_path: Path) -> None:
+    import torch
+
+    run_dir = train(
+        tiny_config(tiny_dataset, tmp_path / "runs", tmp_path / "cache", epochs=1, ema_decay=0.9),
+        progress=False,
+    )
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    saved = _weights(run_dir)
+    key = next(k for k in saved if k.endswith("classifier.weight") or k.endswith("fc.weight"))
+    averaged = state["ema"][f"module.{key}"].numpy()
+    raw = state["model"][key].numpy()
+    np.testing.assert_array_equal(saved[key], averaged)  # one epoch: the best epoch is the last
+    assert not np.allclose(averaged, raw)  # the average lags the raw weights
+    assert int(state["ema"]["n_averaged"]) == 3  # 20 training clips, batch 8: one update per step

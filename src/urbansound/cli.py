@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from urbansound.config import (
+    DB_REFERENCES,
     RECIPES,
     SCHEDULERS,
     AudioConfig,
@@ -85,6 +86,12 @@ def add_feature_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--f-min", type=float, default=features.f_min, help="Hz")
     group.add_argument("--f-max", type=float, default=features.f_max, help="Hz (default: Nyquist)")
     group.add_argument("--top-db", type=float, default=features.top_db)
+    group.add_argument(
+        "--db-reference",
+        choices=DB_REFERENCES,
+        default=features.db_reference,
+        help="absolute: dB re full scale (seed); clip_max: dB re each clip's loudest cell (level-invariant)",
+    )
     group.add_argument("--cache-dir", default="", help="feature cache (default: beside the data folder)")
     group.add_argument(
         "--cache-dtype",
@@ -104,6 +111,7 @@ def feature_configs(args: argparse.Namespace) -> tuple[AudioConfig, FeatureConfi
         f_min=args.f_min,
         f_max=args.f_max,
         top_db=args.top_db,
+        db_reference=getattr(args, "db_reference", None) or FeatureConfig.db_reference,
     )
     features.validate(audio.sample_rate)
     return audio, features
@@ -140,6 +148,7 @@ RECIPE_FLAGS: dict[str, tuple[str, str]] = {
     "f_min": ("features", "f_min"),
     "f_max": ("features", "f_max"),
     "top_db": ("features", "top_db"),
+    "db_reference": ("features", "db_reference"),
     "model": ("model", "name"),
     "epochs": ("training", "epochs"),
     "batch_size": ("training", "batch_size"),
@@ -149,6 +158,7 @@ RECIPE_FLAGS: dict[str, tuple[str, str]] = {
     "patience": ("training", "patience"),
     "scheduler": ("training", "scheduler"),
     "init_from": ("training", "init_from"),
+    "ema_decay": ("training", "ema_decay"),
     "aug_variants": ("augment", "variants"),
     "freq_masks": ("augment", "freq_masks"),
     "freq_mask_width": ("augment", "freq_mask_width"),
@@ -189,6 +199,12 @@ def add_model_training_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--weight-decay", type=float)
     group.add_argument("--label-smoothing", type=float)
     group.add_argument("--patience", type=int, help="early stopping patience in epochs")
+    group.add_argument(
+        "--ema-decay",
+        type=float,
+        help="keep an exponential moving average of the weights (e.g. 0.99 per step) and select, validate "
+        "and save it; 0 disables",
+    )
     group.add_argument(
         "--init-from",
         metavar="MODEL_FILE",

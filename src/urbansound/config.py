@@ -13,6 +13,7 @@ from typing import Any
 from urbansound.errors import ConfigError
 
 FEATURE_KINDS = ("mel_spec", "gammatone")
+DB_REFERENCES = ("absolute", "clip_max")
 # The seed's own spelling of the gammatone option, kept as an alias.
 FEATURE_KIND_ALIASES = {"mel": "mel_spec", "log_mel": "mel_spec", "gamma": "gammatone"}
 
@@ -46,6 +47,10 @@ class FeatureConfig:
     f_min: float = 0.0  # Hz; librosa's default lower edge for mel
     f_max: float | None = None  # Hz; None means Nyquist
     top_db: float = 80.0  # seed: dB dynamic range kept below each clip's maximum
+    # "absolute": dB re full scale, as the seed. "clip_max": dB re each clip's loudest cell (librosa's
+    # ref=np.max), so a recording's level no longer moves every feature. Applied by the model's normaliser
+    # on top of the cached absolute dB, so it does not change (or invalidate) the feature cache.
+    db_reference: str = "absolute"
 
     def validate(self, sample_rate: int) -> None:
         if self.kind not in FEATURE_KINDS:
@@ -59,6 +64,10 @@ class FeatureConfig:
             )
         if self.top_db is not None and self.top_db <= 0:
             raise ConfigError(f"top_db must be positive, got {self.top_db}")
+        if self.db_reference not in DB_REFERENCES:
+            raise ConfigError(
+                f"unknown dB reference {self.db_reference!r}; choose one of {', '.join(DB_REFERENCES)}"
+            )
 
 
 def normalise_feature_kind(kind: str) -> str:
@@ -110,6 +119,9 @@ class TrainingConfig:
     compile: bool = False  # torch.compile: faster steps on GPUs, but minutes of compiling first
     scheduler: str = "onecycle"  # the seed's linear one-cycle; "cosine" warms up then decays to zero
     init_from: str = ""  # a local model file whose weights start the training (fine-tuning); "" = random
+    # Exponential moving average of the weights (and BatchNorm statistics), updated every step; validation,
+    # best-epoch selection and the saved model use the average. 0 disables it (the seed's behaviour).
+    ema_decay: float = 0.0
 
     def validate(self) -> None:
         if self.epochs <= 0 or self.batch_size <= 0 or self.max_lr <= 0:
@@ -122,6 +134,8 @@ class TrainingConfig:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.weight_decay < 0:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.patience is not None and self.patience <= 0:
             raise ConfigError(f"patience must be positive, got {self.patience}")
 

@@ -66,7 +66,7 @@ def build_classifier(spec: ModelSpec) -> AudioClassifier:
     )
     return AudioClassifier(
         SpectrogramFrontend(spec.features, spec.audio.sample_rate),
-        BandNormalizer(spec.features.n_mels),
+        BandNormalizer(spec.features.n_mels, spec.features.db_reference),
         backbone,
     )
 

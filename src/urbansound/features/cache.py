@@ -42,9 +42,11 @@ FEATURE_CODE_VERSION = 1
 
 
 def settings_hash(audio: AudioConfig, features: FeatureConfig, dtype: str = "float32") -> str:
+    settings = asdict(features)
+    settings.pop("db_reference")  # applied by the model's normaliser, after the cache
     payload = {
         "audio": asdict(audio),
-        "features": asdict(features),
+        "features": settings,
         "dtype": dtype,
         "code_version": FEATURE_CODE_VERSION,
     }
@@ -382,9 +384,12 @@ class FeatureCache:
 
 
 def band_statistics(
-    features: np.ndarray, indices: Sequence[int], chunk: int = 256
+    features: np.ndarray, indices: Sequence[int], chunk: int = 256, db_reference: str = "absolute"
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-band mean and standard deviation (dB) over the clips ``indices`` and all their frames.
+
+    With ``db_reference="clip_max"`` each clip is first taken relative to its loudest cell, as the model's
+    normaliser will see it.
 
     Accumulates in float64 chunk by chunk so a memory-mapped array is never loaded whole.
     Returns two float32 arrays of shape ``(n_bands,)``.
@@ -398,6 +403,8 @@ def band_statistics(
         block = np.asarray(
             features[indices[start : start + chunk]], dtype=np.float64
         )  # (clips, bands, frames)
+        if db_reference == "clip_max":
+            block = block - block.max(axis=(1, 2), keepdims=True)
         total += block.sum(axis=(0, 2))
         total_sq += np.square(block).sum(axis=(0, 2))
         count += block.shape[0] * block.shape[2]

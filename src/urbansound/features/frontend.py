@@ -41,15 +41,23 @@ class SpectrogramFrontend(nn.Module):
         )  # (batch, n_bands, frames)
 
 
+def relative_to_clip_max(features: torch.Tensor) -> torch.Tensor:
+    """dB features ``(batch, n_bands, frames)`` re each clip's loudest cell (librosa's ``ref=np.max``)."""
+    return features - features.amax(dim=(1, 2), keepdim=True)
+
+
 class BandNormalizer(nn.Module):
     """Standardise each band with mean and std measured on the training set (stored with the model).
 
     The seed normalised each batch by its own statistics, so a clip's prediction depended on its batch
-    mates; fixed statistics make every prediction a function of the clip alone.
+    mates; fixed statistics make every prediction a function of the clip alone. With
+    ``db_reference="clip_max"`` each clip is first taken relative to its own maximum, which removes the
+    recording level (a gain change shifts every dB cell of a clip by the same amount).
     """
 
-    def __init__(self, n_bands: int) -> None:
+    def __init__(self, n_bands: int, db_reference: str = "absolute") -> None:
         super().__init__()
+        self.db_reference = db_reference
         self.register_buffer("mean", torch.zeros(n_bands))
         self.register_buffer("std", torch.ones(n_bands))
 
@@ -60,7 +68,12 @@ class BandNormalizer(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         # features: (batch, n_bands, frames)
+        if self.db_reference == "clip_max":
+            features = relative_to_clip_max(features)
         return (features - self.mean[:, None]) / self.std[:, None]
+
+    def extra_repr(self) -> str:
+        return f"db_reference={self.db_reference!r}"
 
 
 class AudioClassifier(nn.Module):

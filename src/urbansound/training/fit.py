@@ -144,6 +144,16 @@ def fit(
     # Loss scaling keeps float16 gradients from underflowing; bf16 has float32's range and needs none.
     scaler = torch.amp.GradScaler(device.type) if runner.autocast_dtype == torch.float16 else None
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    # The weight average (torch's AveragedModel, EMA form) follows the bare module, not the DDP wrapper;
+    # every rank updates its own copy from identical weights, so the copies stay identical.
+    ema = (
+        torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay), use_buffers=True
+        )
+        if config.ema_decay > 0
+        else None
+    )
+    scored = ema.module if ema is not None else runner  # what validation scores and the best epoch keeps
     history: list[dict[str, float]] = []
     best_epoch, best_accuracy, best_state = 0, -1.0, copy.deepcopy(model.state_dict())
     start_epoch = 1
@@ -154,6 +164,8 @@ def fit(
         scheduler.load_state_dict(state["scheduler"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         torch.set_rng_state(state["rng"])
         history = list(state["history"])
         best_epoch, best_accuracy, best_state = (
@@ -193,9 +205,10 @@ def fit(
             scaler=scaler,
             loss_weights=batch_sampler.loss_weights() if batch_sampler is not None else None,
             mixup_alpha=mixup_alpha,
+            after_step=(lambda: ema.update_parameters(model)) if ema is not None else None,
         )
         stats = reduce_epoch_stats(stats, context)
-        val = evaluate_sharded(runner, val_set, max(config.batch_size, 64), device, context)
+        val = evaluate_sharded(scored, val_set, max(config.batch_size, 64), device, context)
         row = {
             "epoch": epoch,
             "train_loss": stats.loss,
@@ -209,7 +222,7 @@ def fit(
         history.append(row)
         if val.accuracy > best_accuracy:
             best_epoch, best_accuracy = epoch, val.accuracy
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = copy.deepcopy((ema.module if ema is not None else model).state_dict())
         if context.is_main:
             save_checkpoint(
                 checkpoint_path,
@@ -219,6 +232,7 @@ def fit(
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "scaler": scaler.state_dict() if scaler is not None else {},
+                    "ema": ema.state_dict() if ema is not None else {},
                     "rng": torch.get_rng_state(),
                     "history": history,
                     "best_epoch": best_epoch,

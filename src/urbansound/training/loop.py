@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -133,6 +133,7 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None = None,
     loss_weights: Sequence[float] | None = None,
     mixup_alpha: float = 0.0,
+    after_step: Callable[[], None] | None = None,
 ) -> EpochStats:
     """One pass over ``loader``; the scheduler steps every batch (one-cycle).
 
@@ -140,6 +141,7 @@ def train_one_epoch(
     mean loss before backward, for distributed runs whose ranks hold unequal shares of a global batch.
     With ``mixup_alpha > 0`` every batch is mixup-ed (:func:`urbansound.features.augment.mixup_batch`);
     the reported accuracy is then against the dominant clip's label, so it reads lower than without mixup.
+    ``after_step`` runs after every optimiser step (the weight average's update).
     """
     criterion = criterion or nn.CrossEntropyLoss()
     model.train()
@@ -179,6 +181,8 @@ def train_one_epoch(
             scaler.update()
         if scheduler is not None:
             scheduler.step()
+        if after_step is not None:
+            after_step()
         total_loss += loss.detach().double() * labels.shape[0]
         correct += (logits.detach().argmax(1) == labels).sum()
         seen += labels.shape[0]

@@ -217,7 +217,7 @@ def _train(
     if config.training.init_from and resume_dir is None:
         reset = load_pretrained_weights(model, config.training.init_from)
         logger.info("initialised from %s%s", config.training.init_from, f" (new: {reset})" if reset else "")
-    mean, std = band_statistics(data.features, data.split.train)
+    mean, std = band_statistics(data.features, data.split.train, db_reference=config.features.db_reference)
     model.normalizer.set_statistics(torch.from_numpy(mean), torch.from_numpy(std))
 
     model.augment = spec_augment_from_config(config.augment)
