@@ -49,6 +49,9 @@ CANDIDATES: dict[str, dict[str, dict[str, Any]]] = {
     "clipmax": {"features": {"db_reference": "clip_max"}},
     "ema": {"training": {"ema_decay": 0.99}},
     "mixup1": {"augment": {"mixup_alpha": 1.0}},
+    "var8": {"augment": {"variants": 8}},
+    "bs16": {"training": {"batch_size": 16}},
+    "dropout5": {"model": {"name": "resnet", "kwargs": {"widths": [16, 32, 64, 128], "dropout": 0.5}}},
 }
 
 

@@ -5,11 +5,19 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
+from sklearn.model_selection import StratifiedGroupKFold
 
 from urbansound.config import SplitConfig
 from urbansound.data.metadata import ClipRecord
-from urbansound.data.splits import fold_split, grouped_holdout, make_split, seed_random_split
+from urbansound.data.splits import (
+    class_share_deviation,
+    fold_split,
+    grouped_holdout,
+    make_split,
+    seed_random_split,
+)
 from urbansound.errors import ConfigError
 
 
@@ -154,3 +162,31 @@ def test_make_split_dispatches_on_method() -> None:
     records = make_records()
     assert make_split(records, SplitConfig(method="random"), seed=0) == seed_random_split(len(records), 0)
     assert make_split(records, SplitConfig(), seed=0) == fold_split(records, SplitConfig())
+
+
+def _uneven_records() -> list[ClipRecord]:
+    """Fold 1 of UrbanSound8K in miniature: one class has a few recordings of very unequal length."""
+    records = make_records(folds=[1], classes=3, recordings=10, slices=4)
+    for fs_id, n_slices in zip(range(9000, 9005), (79, 22, 11, 7, 1), strict=True):
+        for k in range(n_slices):
+            name = f"{fs_id}-3-0-{k}.wav"
+            records.append(ClipRecord(name, str(fs_id), 1, 3, "c3", Path("fold1") / name))
+    return records
+
+
+def test_holdout_keeps_every_class_near_the_fraction_despite_uneven_recordings() -> None:
+    records = _uneven_records()
+    everything = list(range(len(records)))
+    labels = np.array([r.class_id for r in records])
+
+    def worst_class_gap(seed: int) -> float:
+        kept, held = grouped_holdout(everything, records, 0.2, seed=seed)
+        assert not {records[i].fs_id for i in kept} & {records[i].fs_id for i in held}
+        return class_share_deviation(labels, np.array(held), 0.2)
+
+    assert all(worst_class_gap(seed) <= 0.1 for seed in range(5))
+    # The first fold of StratifiedGroupKFold alone holds out the 79-slice recording (that is why every
+    # fold of several shuffles is a candidate).
+    groups = np.array([r.fs_id for r in records])
+    _, first = next(StratifiedGroupKFold(5, shuffle=True, random_state=0).split(labels, labels, groups))
+    assert class_share_deviation(labels, first, 0.2) > 0.4
