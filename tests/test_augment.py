@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from safetensors.numpy import load_file
 from test_training import tiny_config
 
 from urbansound.config import AudioConfig, AugmentConfig, FeatureConfig, ModelConfig, RunConfig
-from urbansound.features.augment import SpecAugment, make_variant, mixup_batch, variant_rng
+from urbansound.features.augment import SpecAugment, make_variant, mix_db_in_power, mixup_batch, variant_rng
 from urbansound.features.frontend import AudioClassifier, BandNormalizer, SpectrogramFrontend
 from urbansound.models import create_model
 from urbansound.training import fit as fit_module
@@ -72,6 +73,20 @@ def test_mixup_is_a_convex_pair_mix() -> None:
     assert torch.equal(a, labels)
     partner = x[b]  # labels are positions here, so b is the permutation
     torch.testing.assert_close(mixed, lam * x + (1 - lam) * partner)
+
+
+def test_power_mixup_adds_band_energies() -> None:
+    torch.manual_seed(3)
+    x = -60 + 20 * torch.rand(6, 16, 10)  # dB
+    labels = torch.arange(6)
+    mixed, _, b, lam = mixup_batch(x, labels, alpha=0.4, domain="power")
+    energy = lam * 10 ** (x / 10) + (1 - lam) * 10 ** (x[b] / 10)
+    torch.testing.assert_close(mixed, 10 * torch.log10(energy), rtol=0, atol=1e-4)
+    # A sound mixed with itself is unchanged; mixed with near-silence it only drops by 10 log10(lam) dB.
+    torch.testing.assert_close(mix_db_in_power(x, x, 0.3), x, rtol=0, atol=1e-4)
+    quiet = torch.full_like(x, -200.0)
+    torch.testing.assert_close(mix_db_in_power(x, quiet, 0.5), x + 10 * math.log10(0.5), rtol=0, atol=1e-4)
+    assert torch.isfinite(mix_db_in_power(torch.full_like(x, -1e4), quiet, 1.0)).all()
 
 
 def test_audio_variant_keeps_length_and_is_reproducible() -> None:

@@ -165,6 +165,7 @@ RECIPE_FLAGS: dict[str, tuple[str, str]] = {
     "time_masks": ("augment", "time_masks"),
     "time_mask_width": ("augment", "time_mask_width"),
     "mixup": ("augment", "mixup_alpha"),
+    "mixup_domain": ("augment", "mixup_domain"),
 }
 
 
@@ -233,6 +234,11 @@ def add_model_training_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--time-masks", type=int, help="SpecAugment time masks per clip")
     group.add_argument("--time-mask-width", type=int, help="max frames per time mask")
     group.add_argument("--mixup", type=float, help="mixup Beta(alpha, alpha); 0 disables")
+    group.add_argument(
+        "--mixup-domain",
+        choices=("db", "power"),
+        help="mix dB features (db) or band energies, as two sounds played together (power)",
+    )
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:

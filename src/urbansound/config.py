@@ -167,6 +167,9 @@ class AugmentConfig:
     time_masks: int = 0  # SpecAugment time masks per clip
     time_mask_width: int = 24  # max frames per time mask (~0.5 s at 22.05 kHz / hop 512)
     mixup_alpha: float = 0.0  # Beta(alpha, alpha) mixing weight; 0 disables mixup
+    mixup_domain: str = (
+        "db"  # "db": mix dB features (Zhang et al.); "power": mix band energies, as sounds add
+    )
 
     def validate(self) -> None:
         if self.variants < 0:
@@ -175,6 +178,8 @@ class AugmentConfig:
             raise ConfigError(f"time_stretch factors must be positive, got {self.time_stretch}")
         if not 0 <= self.time_shift <= 1:
             raise ConfigError(f"time_shift must be in [0, 1], got {self.time_shift}")
+        if self.mixup_domain not in ("db", "power"):
+            raise ConfigError(f"mixup_domain must be 'db' or 'power', got {self.mixup_domain!r}")
         if self.mixup_alpha < 0 or self.gain_db < 0:
             raise ConfigError("mixup_alpha and gain_db must be >= 0")
         if min(self.freq_masks, self.time_masks, self.freq_mask_width, self.time_mask_width) < 0:

@@ -14,6 +14,7 @@ checkpoint stores, so a resumed run draws the same masks and mixes as an uninter
 from __future__ import annotations
 
 import hashlib
+import math
 
 import numpy as np
 import torch
@@ -127,12 +128,26 @@ def spec_augment_from_config(config: AugmentConfig) -> nn.Module:
     return SpecAugment(config.freq_masks, config.freq_mask_width, config.time_masks, config.time_mask_width)
 
 
+MIXUP_DOMAINS = ("db", "power")
+
+
+def mix_db_in_power(a: torch.Tensor, b: torch.Tensor, lam: float) -> torch.Tensor:
+    """dB of ``lam * power(a) + (1 - lam) * power(b)``: what playing two sounds together does to band
+    energies (phase aside), as in Tokozume et al.'s between-class learning. Computed with ``logaddexp``, so
+    -100 dB cells neither underflow nor overflow."""
+    scale = math.log(10.0) / 10.0  # dB -> natural log of power
+    lam = min(max(lam, 1e-12), 1.0 - 1e-12)
+    return torch.logaddexp(a * scale + math.log(lam), b * scale + math.log(1.0 - lam)) / scale
+
+
 def mixup_batch(
-    features: torch.Tensor, labels: torch.Tensor, alpha: float
+    features: torch.Tensor, labels: torch.Tensor, alpha: float, domain: str = "db"
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
     """Mix each clip with a random partner: ``lam * x + (1 - lam) * x[perm]``.
 
-    Mixing the dB features equals mixing the normalised ones (the band normaliser is affine).
+    ``domain="db"`` mixes the dB features (Zhang et al.'s mixup applied to spectrograms; without a per-clip
+    dB reference it equals mixing the normalised features, the band normaliser being affine).
+    ``domain="power"`` mixes band energies instead (:func:`mix_db_in_power`).
 
     Returns:
         ``(mixed features, labels, partner labels, lam)``; the loss is
@@ -140,4 +155,6 @@ def mixup_batch(
     """
     lam = float(torch.distributions.Beta(alpha, alpha).sample())
     perm = torch.randperm(features.shape[0]).to(features.device)
+    if domain == "power":
+        return mix_db_in_power(features, features[perm], lam), labels, labels[perm], lam
     return lam * features + (1 - lam) * features[perm], labels, labels[perm], lam

@@ -116,6 +116,7 @@ def fit(
     on_epoch_end: Callable[[dict[str, float]], None] | None = None,
     context: DistributedContext | None = None,
     mixup_alpha: float = 0.0,
+    mixup_domain: str = "db",
 ) -> FitResult:
     """Train for ``config.epochs`` epochs, selecting the epoch with the best validation accuracy.
 
@@ -205,6 +206,7 @@ def fit(
             scaler=scaler,
             loss_weights=batch_sampler.loss_weights() if batch_sampler is not None else None,
             mixup_alpha=mixup_alpha,
+            mixup_domain=mixup_domain,
             after_step=(lambda: ema.update_parameters(model)) if ema is not None else None,
         )
         stats = reduce_epoch_stats(stats, context)

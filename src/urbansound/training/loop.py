@@ -133,6 +133,7 @@ def train_one_epoch(
     scaler: torch.amp.GradScaler | None = None,
     loss_weights: Sequence[float] | None = None,
     mixup_alpha: float = 0.0,
+    mixup_domain: str = "db",
     after_step: Callable[[], None] | None = None,
 ) -> EpochStats:
     """One pass over ``loader``; the scheduler steps every batch (one-cycle).
@@ -163,7 +164,7 @@ def train_one_epoch(
         labels = labels.to(device, non_blocking=True)
         wait += time.perf_counter() - fetch
         if mixup_alpha > 0:
-            features, labels_a, labels_b, lam = mixup_batch(features, labels, mixup_alpha)
+            features, labels_a, labels_b, lam = mixup_batch(features, labels, mixup_alpha, mixup_domain)
             logits = model.classify_features(features)
             loss = lam * criterion(logits, labels_a) + (1 - lam) * criterion(logits, labels_b)
             labels = labels_a if lam >= 0.5 else labels_b

@@ -238,6 +238,7 @@ def _train(
         progress=progress,
         context=context,
         mixup_alpha=config.augment.mixup_alpha,
+        mixup_domain=config.augment.mixup_domain,
     )
     if not context.is_main:
         return run_dir  # rank 0 alone tests the model and writes the results
