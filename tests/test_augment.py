@@ -78,10 +78,13 @@ def test_mixup_is_a_convex_pair_mix() -> None:
 def test_power_mixup_adds_band_energies() -> None:
     torch.manual_seed(3)
     x = -60 + 20 * torch.rand(6, 16, 10)  # dB
+    x[3] -= 30  # a quieter recording
     labels = torch.arange(6)
     mixed, _, b, lam = mixup_batch(x, labels, alpha=0.4, domain="power")
-    energy = lam * 10 ** (x / 10) + (1 - lam) * 10 ** (x[b] / 10)
-    torch.testing.assert_close(mixed, 10 * torch.log10(energy), rtol=0, atol=1e-4)
+    peak = x.amax(dim=(1, 2), keepdim=True)
+    energy = lam * 10 ** ((x - peak) / 10) + (1 - lam) * 10 ** ((x[b] - peak[b]) / 10)
+    level = lam * peak + (1 - lam) * peak[b]
+    torch.testing.assert_close(mixed, 10 * torch.log10(energy) + level, rtol=0, atol=1e-4)
     # A sound mixed with itself is unchanged; mixed with near-silence it only drops by 10 log10(lam) dB.
     torch.testing.assert_close(mix_db_in_power(x, x, 0.3), x, rtol=0, atol=1e-4)
     quiet = torch.full_like(x, -200.0)

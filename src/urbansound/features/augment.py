@@ -147,7 +147,9 @@ def mixup_batch(
 
     ``domain="db"`` mixes the dB features (Zhang et al.'s mixup applied to spectrograms; without a per-clip
     dB reference it equals mixing the normalised features, the band normaliser being affine).
-    ``domain="power"`` mixes band energies instead (:func:`mix_db_in_power`).
+    ``domain="power"`` mixes band energies instead (:func:`mix_db_in_power`), of the two clips brought to the
+    same peak level first so that ``lam`` is the share of each sound whatever their recording levels; the
+    mix then gets the ``lam``-weighted peak level.
 
     Returns:
         ``(mixed features, labels, partner labels, lam)``; the loss is
@@ -156,5 +158,7 @@ def mixup_batch(
     lam = float(torch.distributions.Beta(alpha, alpha).sample())
     perm = torch.randperm(features.shape[0]).to(features.device)
     if domain == "power":
-        return mix_db_in_power(features, features[perm], lam), labels, labels[perm], lam
+        peak = features.amax(dim=tuple(range(1, features.dim())), keepdim=True)  # (batch, 1, 1)
+        mixed = mix_db_in_power(features - peak, features[perm] - peak[perm], lam)
+        return mixed + lam * peak + (1 - lam) * peak[perm], labels, labels[perm], lam
     return lam * features + (1 - lam) * features[perm], labels, labels[perm], lam
