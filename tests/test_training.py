@@ -15,7 +15,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from urbansound.config import AudioConfig, FeatureConfig, RunConfig, SplitConfig, TrainingConfig
-from urbansound.errors import DataError
+from urbansound.errors import ConfigError, DataError
 from urbansound.training import fit as fit_module
 from urbansound.training.run import train
 
@@ -199,3 +199,24 @@ def test_weight_average_is_what_gets_validated_and_saved(tiny_dataset: Path, tmp
     np.testing.assert_array_equal(saved[key], averaged)  # one epoch: the best epoch is the last
     assert not np.allclose(averaged, raw)  # the average lags the raw weights
     assert int(state["ema"]["n_averaged"]) == 3  # 20 training clips, batch 8: one update per step
+
+
+@pytest.mark.parametrize("criterion", ["val_loss", "last"])
+def test_epoch_selection_criterion_picks_its_epoch(
+    tiny_dataset: Path, tmp_path: Path, criterion: str
+) -> None:
+    run_dir = train(
+        tiny_config(tiny_dataset, tmp_path / "runs", tmp_path / "cache", epochs=4, select_epoch=criterion),
+        progress=False,
+    )
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    rows = [line.split(",") for line in (run_dir / "history.csv").read_text().splitlines()[1:]]
+    val_loss = [float(r[3]) for r in rows]
+    expected = 4 if criterion == "last" else 1 + int(np.argmin(val_loss))
+    assert metrics["best_epoch"] == expected
+    assert metrics["val_accuracy"] == pytest.approx(float(rows[expected - 1][4]))
+
+
+def test_unknown_selection_criterion_is_refused() -> None:
+    with pytest.raises(ConfigError, match="select_epoch"):
+        TrainingConfig(select_epoch="test_accuracy").validate()

@@ -14,6 +14,7 @@ from urbansound.config import (
     DB_REFERENCES,
     RECIPES,
     SCHEDULERS,
+    SELECT_EPOCH,
     AudioConfig,
     FeatureConfig,
     RunConfig,
@@ -159,6 +160,7 @@ RECIPE_FLAGS: dict[str, tuple[str, str]] = {
     "scheduler": ("training", "scheduler"),
     "init_from": ("training", "init_from"),
     "ema_decay": ("training", "ema_decay"),
+    "select_epoch": ("training", "select_epoch"),
     "aug_variants": ("augment", "variants"),
     "freq_masks": ("augment", "freq_masks"),
     "freq_mask_width": ("augment", "freq_mask_width"),
@@ -200,6 +202,11 @@ def add_model_training_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--weight-decay", type=float)
     group.add_argument("--label-smoothing", type=float)
     group.add_argument("--patience", type=int, help="early stopping patience in epochs")
+    group.add_argument(
+        "--select-epoch",
+        choices=SELECT_EPOCH,
+        help="which epoch's weights to keep: best validation accuracy, lowest validation loss, or the last",
+    )
     group.add_argument(
         "--ema-decay",
         type=float,

@@ -122,6 +122,10 @@ class TrainingConfig:
     # Exponential moving average of the weights (and BatchNorm statistics), updated every step; validation,
     # best-epoch selection and the saved model use the average. 0 disables it (the seed's behaviour).
     ema_decay: float = 0.0
+    # Which epoch's weights the run keeps: "val_accuracy" (the best, as the seed's successors do),
+    # "val_loss" (the lowest validation loss) or "last" (the end of the schedule; validation is still
+    # measured and reported). Patience counts epochs without a gain in the chosen criterion.
+    select_epoch: str = "val_accuracy"
 
     def validate(self) -> None:
         if self.epochs <= 0 or self.batch_size <= 0 or self.max_lr <= 0:
@@ -134,6 +138,10 @@ class TrainingConfig:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.weight_decay < 0:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.select_epoch not in SELECT_EPOCH:
+            raise ConfigError(
+                f"unknown select_epoch {self.select_epoch!r}; choose one of {', '.join(SELECT_EPOCH)}"
+            )
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.patience is not None and self.patience <= 0:
@@ -141,6 +149,7 @@ class TrainingConfig:
 
 
 SCHEDULERS = ("onecycle", "cosine")
+SELECT_EPOCH = ("val_accuracy", "val_loss", "last")
 
 # Salamon & Bello (2017)'s augmentation factors: time stretch (TS) and pitch shift in semitones (PS1 + PS2).
 SALAMON_BELLO_STRETCH = (0.81, 0.93, 1.07, 1.23)

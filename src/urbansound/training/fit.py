@@ -118,7 +118,8 @@ def fit(
     mixup_alpha: float = 0.0,
     mixup_domain: str = "db",
 ) -> FitResult:
-    """Train for ``config.epochs`` epochs, selecting the epoch with the best validation accuracy.
+    """Train for ``config.epochs`` epochs, keeping the epoch ``config.select_epoch`` picks (by default the
+    best validation accuracy).
 
     A checkpoint (model, optimiser, scheduler, RNG state, history, best weights) is written after every
     epoch; with ``resume`` the loop continues from the last completed epoch. Data order depends only on
@@ -157,6 +158,7 @@ def fit(
     scored = ema.module if ema is not None else runner  # what validation scores and the best epoch keeps
     history: list[dict[str, float]] = []
     best_epoch, best_accuracy, best_state = 0, -1.0, copy.deepcopy(model.state_dict())
+    best_score = -float("inf")
     start_epoch = 1
     if resume:
         state = load_checkpoint(checkpoint_path)
@@ -174,6 +176,7 @@ def fit(
             state["best_val_accuracy"],
             state["best_model"],
         )
+        best_score = state.get("best_score", best_accuracy)
         start_epoch = state["epoch"] + 1
         logger.info("resuming after epoch %d of %d", state["epoch"], config.epochs)
         if _should_stop(history, best_epoch, config):
@@ -222,8 +225,9 @@ def fit(
             "data_wait_fraction": stats.data_wait_fraction,
         }
         history.append(row)
-        if val.accuracy > best_accuracy:
-            best_epoch, best_accuracy = epoch, val.accuracy
+        score = selection_score(config.select_epoch, epoch, val.accuracy, val.loss)
+        if score > best_score:
+            best_epoch, best_accuracy, best_score = epoch, val.accuracy, score
             best_state = copy.deepcopy((ema.module if ema is not None else model).state_dict())
         if context.is_main:
             save_checkpoint(
@@ -239,6 +243,7 @@ def fit(
                     "history": history,
                     "best_epoch": best_epoch,
                     "best_val_accuracy": best_accuracy,
+                    "best_score": best_score,
                     "best_model": best_state,
                 },
             )
@@ -271,6 +276,15 @@ def fit(
         best_state=best_state,
         stopped_early=stopped_early,
     )
+
+
+def selection_score(criterion: str, epoch: int, val_accuracy: float, val_loss: float) -> float:
+    """Higher is better: the epoch with the highest score so far is the one a run keeps."""
+    if criterion == "val_loss":
+        return -val_loss
+    if criterion == "last":
+        return float(epoch)
+    return val_accuracy
 
 
 def _should_stop(history: list[dict[str, Any]], best_epoch: int, config: TrainingConfig) -> bool:
