@@ -51,6 +51,13 @@ CANDIDATES: dict[str, dict[str, dict[str, Any]]] = {
     "mixup1": {"augment": {"mixup_alpha": 1.0}},
     "var8": {"augment": {"variants": 8}},
     "powermix": {"augment": {"mixup_domain": "power"}},
+    "crnn-clipmax": {"model": {"name": "crnn", "kwargs": {}}, "features": {"db_reference": "clip_max"}},
+    "crnn-clipmax-ema": {
+        "model": {"name": "crnn", "kwargs": {}},
+        "features": {"db_reference": "clip_max"},
+        "training": {"ema_decay": 0.99},
+    },
+    "clipmax-ema": {"features": {"db_reference": "clip_max"}, "training": {"ema_decay": 0.99}},
     "powermix1": {"augment": {"mixup_domain": "power", "mixup_alpha": 1.0}},
     "bs16": {"training": {"batch_size": 16}},
     "dropout5": {"model": {"name": "resnet", "kwargs": {"widths": [16, 32, 64, 128], "dropout": 0.5}}},
