@@ -58,6 +58,12 @@ CANDIDATES: dict[str, dict[str, dict[str, Any]]] = {
         "training": {"ema_decay": 0.99},
     },
     "clipmax-ema": {"features": {"db_reference": "clip_max"}, "training": {"ema_decay": 0.99}},
+    "clipmax-powermix": {"features": {"db_reference": "clip_max"}, "augment": {"mixup_domain": "power"}},
+    "clipmax-hop512": {
+        "features": {"db_reference": "clip_max", "hop_length": 512},
+        "augment": {"time_mask_width": 24},
+    },
+    "clipmax-var8": {"features": {"db_reference": "clip_max"}, "augment": {"variants": 8}},
     "powermix1": {"augment": {"mixup_domain": "power", "mixup_alpha": 1.0}},
     "bs16": {"training": {"batch_size": 16}},
     "dropout5": {"model": {"name": "resnet", "kwargs": {"widths": [16, 32, 64, 128], "dropout": 0.5}}},
