@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch
 from _tiny_model import tiny_model
 
 from urbansound.cli import main
-from urbansound.config import AudioConfig, FeatureConfig, ModelConfig
+from urbansound.config import AudioConfig, FeatureConfig, ModelConfig, RunConfig, apply_recipe
 from urbansound.errors import DataError
 from urbansound.export import (
     ConvSpectrogramFrontend,
@@ -99,6 +100,33 @@ def test_onnx_parity_at_full_size_with_gammatone(full_size_model: Path) -> None:
     model, spec = load_model_file(full_size_model)
     audio = parity_inputs(spec, n=4, seed=9)
     _, probabilities = reference_outputs(model, audio)
+    np.testing.assert_allclose(run_onnx(result.path, audio)[1], probabilities, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("model_name", ["resnet", "crnn"])
+def test_onnx_parity_for_the_default_recipe_families_with_a_clip_max_reference(
+    model_name: str, tmp_path: Path
+) -> None:
+    """The default recipe's front end (22.05 kHz, hop 1024, 128 mel, dB re each clip's maximum) with the
+    families it has used: residual convs, and a BiGRU with attention pooling."""
+    config = apply_recipe(RunConfig(), "default")
+    torch.manual_seed(2)
+    spec = ModelSpec(
+        audio=config.audio,
+        features=dataclasses.replace(config.features, db_reference="clip_max"),
+        model=ModelConfig(name=model_name, n_classes=10),
+        class_names=[f"class_{i}" for i in range(10)],
+    )
+    model = build_classifier(spec)
+    model.normalizer.set_statistics(torch.linspace(-60, -20, 128), torch.linspace(8, 15, 128))
+    path = save_model_file(tmp_path / "model.safetensors", model, spec)
+    result = export_model(path, "onnx")
+    loaded, spec = load_model_file(path)
+    audio = parity_inputs(spec, n=3, seed=5)
+    loud = reference_outputs(loaded, audio[1:2])[1]
+    audio[1] *= 0.05  # the same recording 26 dB quieter: with the clip_max reference it scores the same
+    _, probabilities = reference_outputs(loaded, audio)
+    np.testing.assert_allclose(probabilities[1:2], loud, atol=1e-4, rtol=0)
     np.testing.assert_allclose(run_onnx(result.path, audio)[1], probabilities, atol=ATOL, rtol=0)
 
 
