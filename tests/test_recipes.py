@@ -45,6 +45,7 @@ def test_default_recipe_and_explicit_flags_override_it() -> None:
     assert default.model.kwargs == {"widths": [16, 32, 64, 128]}
     assert default.training.scheduler == "cosine" and default.augment.spec_augment
     assert default.audio.sample_rate == 22_050 and default.features.n_mels == 128
+    assert default.features.db_reference == "clip_max" and default.training.select_epoch == "last"
     # An explicit flag wins, even when it equals the seed's value.
     config = _config("--n-mels", "64", "--mixup", "0", "--scheduler", "onecycle")
     assert config.features.n_mels == 64 and config.augment.mixup_alpha == 0
