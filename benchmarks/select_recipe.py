@@ -150,7 +150,8 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=Path("/tmp/us8k_cv/UrbanSound8K"))
     parser.add_argument("--work", type=Path, default=Path("/tmp/us8k_select"))
     parser.add_argument("--train-fold", type=int, default=1)
-    parser.add_argument("--inner", type=int, default=3, help="inner groups scored (of 5)")
+    parser.add_argument("--inner", type=int, default=3, help="inner groups scored (of 5): the first N")
+    parser.add_argument("--groups", type=int, nargs="+", default=None, help="these inner groups instead")
     parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -159,7 +160,7 @@ def main() -> None:
     for name in args.candidates:
         scores = []
         started = time.perf_counter()
-        for group in range(1, args.inner + 1):
+        for group in args.groups or range(1, args.inner + 1):
             config = make_config(CANDIDATES[name], csv_path, audio, group, args.work, name)
             config.training.seed = args.seed
             run_dir = train(config, progress=False)
@@ -186,6 +187,8 @@ def main() -> None:
             "candidate": name,
             "overrides": CANDIDATES[name],
             "train_fold": args.train_fold,
+            "holdout": "best-stratified",
+            "groups": list(args.groups or range(1, args.inner + 1)),
             "seed": args.seed,
             "inner_accuracy": [round(s[0], 4) for s in scores],
             "mean_inner_accuracy": round(acc, 4),
