@@ -215,6 +215,8 @@ def test_epoch_selection_criterion_picks_its_epoch(
     expected = 4 if criterion == "last" else 1 + int(np.argmin(val_loss))
     assert metrics["best_epoch"] == expected
     assert metrics["val_accuracy"] == pytest.approx(float(rows[expected - 1][4]))
+    rule = {"last": "the last epoch", "val_loss": "lowest validation loss"}[criterion]
+    assert f"Epoch kept ({rule}):** {expected}," in (run_dir / "report.md").read_text()
 
 
 def test_unknown_selection_criterion_is_refused() -> None:

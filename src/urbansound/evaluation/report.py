@@ -127,8 +127,8 @@ def render_report(
         f"- **Test accuracy ({split_description}):** {_percent(metrics.get('test_accuracy'))}"
         + (f" on {n_clips} clips" if n_clips is not None else ""),
         f"- **Test macro-F1 ({split_description}):** {_fixed(metrics.get('test_macro_f1'))}",
-        f"- **Best epoch (by validation accuracy):** {best_epoch if best_epoch is not None else 'n/a'}, "
-        f"validation accuracy {_percent(val_accuracy)}",
+        f"- **Epoch kept ({_SELECTION_TEXT.get(training.get('select_epoch', 'val_accuracy'), 'n/a')}):** "
+        f"{best_epoch if best_epoch is not None else 'n/a'}, validation accuracy {_percent(val_accuracy)}",
     ]
 
     per_class = test.get("per_class") or {}
@@ -166,6 +166,13 @@ def _section(config: Mapping[str, Any], key: str) -> Mapping[str, Any]:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+_SELECTION_TEXT = {
+    "val_accuracy": "best validation accuracy",
+    "val_loss": "lowest validation loss",
+    "last": "the last epoch",
+}
 
 
 def _percent(value: Any) -> str:

@@ -288,11 +288,12 @@ def _train(
     atomic_write_json(run_dir / "metrics.json", metrics)
     write_report(run_dir, config.to_dict(), metrics, result.history)
     logger.info(
-        "test accuracy %.1f%%, macro-F1 %.3f on %s (best epoch %d, val accuracy %.1f%%) in %s",
+        "test accuracy %.1f%%, macro-F1 %.3f on %s (epoch kept %d by %s, val accuracy %.1f%%) in %s",
         100 * test_metrics["accuracy"],
         test_metrics["macro_f1"],
         f"test fold {config.split.test_fold}" if config.split.method == "folds" else "the random test split",
         result.best_epoch,
+        config.training.select_epoch,
         100 * val_metrics["accuracy"],
         format_duration(metrics["wall_seconds"]),
     )
