@@ -58,7 +58,7 @@ ROWS = [
     Row(
         "first-default",
         "default",
-        "the first session's default: as default, but absolute dB and the best validation epoch",
+        "default, but absolute dB and the best validation epoch (the first session's default had these, and 4 variants)",
         FIRST_DEFAULT,
     ),
     Row("default-noaug", "default", "default without augmentation", {"augment": NO_AUG}),
