@@ -58,7 +58,8 @@ ROWS = [
     Row(
         "first-default",
         "default",
-        "default, but absolute dB and the best validation epoch (the first session's default had these, and 4 variants)",
+        "default, but absolute dB and the best validation epoch (as the first session's default, which had 4 "
+        "variants)",
         FIRST_DEFAULT,
     ),
     Row("default-noaug", "default", "default without augmentation", {"augment": NO_AUG}),
