@@ -12,6 +12,7 @@ from pathlib import Path
 
 from urbansound.config import (
     DB_REFERENCES,
+    MIXUP_DOMAINS,
     RECIPES,
     SCHEDULERS,
     SELECT_EPOCH,
@@ -243,7 +244,7 @@ def add_model_training_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--mixup", type=float, help="mixup Beta(alpha, alpha); 0 disables")
     group.add_argument(
         "--mixup-domain",
-        choices=("db", "power"),
+        choices=MIXUP_DOMAINS,
         help="mix dB features (db) or band energies, as two sounds played together (power)",
     )
 

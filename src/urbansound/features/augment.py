@@ -128,9 +128,6 @@ def spec_augment_from_config(config: AugmentConfig) -> nn.Module:
     return SpecAugment(config.freq_masks, config.freq_mask_width, config.time_masks, config.time_mask_width)
 
 
-MIXUP_DOMAINS = ("db", "power")
-
-
 def mix_db_in_power(a: torch.Tensor, b: torch.Tensor, lam: float) -> torch.Tensor:
     """dB of ``lam * power(a) + (1 - lam) * power(b)``: what playing two sounds together does to band
     energies (phase aside), as in Tokozume et al.'s between-class learning. Computed with ``logaddexp``, so
