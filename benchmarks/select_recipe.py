@@ -37,6 +37,13 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "select_recipe.jsonl"
 N_GROUPS = 5
 
+# Every candidate starts from the first session's default recipe (the one this selection improved on):
+# today's default recipe with these settings put back.
+BASE = {
+    "features": {"db_reference": "absolute"},
+    "training": {"select_epoch": "val_accuracy"},
+    "augment": {"variants": 4},
+}
 NO_AUG = {"variants": 0, "freq_masks": 0, "time_masks": 0, "mixup_alpha": 0.0}
 # Candidate recipes: overrides (section -> field -> value) applied on top of the default recipe.
 CANDIDATES: dict[str, dict[str, dict[str, Any]]] = {
@@ -105,7 +112,7 @@ def make_config(
 ) -> RunConfig:
     config = RunConfig(annotations=str(csv_path), data_dir=str(audio))
     apply_recipe(config, "default")
-    for section, values in overrides.items():
+    for section, values in [*BASE.items(), *overrides.items()]:
         target = getattr(config, section)
         for key, value in values.items():
             setattr(target, key, value)
