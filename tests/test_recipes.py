@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_cli import SMALL
 from test_training import tiny_config
 
 from urbansound.cli import build_parser, main, run_config_from_args
@@ -120,16 +121,7 @@ def test_crossval_compare_and_models_commands(
         str(tiny_dataset / "audio"),
         "--recipe",
         "seed",
-        "--sample-rate",
-        "16000",
-        "--duration",
-        "1",
-        "--n-fft",
-        "512",
-        "--hop-length",
-        "256",
-        "--n-mels",
-        "32",
+        *SMALL,
         "--epochs",
         "1",
         "--cache-dir",
