@@ -44,6 +44,8 @@ BASE = {
     "training": {"select_epoch": "val_accuracy"},
     "augment": {"variants": 4},
 }
+# Round 3 starts from today's default recipe itself (``--base default``).
+BASES: dict[str, dict[str, dict[str, Any]]] = {"first-default": BASE, "default": {}}
 NO_AUG = {"variants": 0, "freq_masks": 0, "time_masks": 0, "mixup_alpha": 0.0}
 # Candidate recipes: overrides (section -> field -> value) applied on top of the default recipe.
 CANDIDATES: dict[str, dict[str, dict[str, Any]]] = {
@@ -74,6 +76,9 @@ CANDIDATES: dict[str, dict[str, dict[str, Any]]] = {
     "powermix1": {"augment": {"mixup_domain": "power", "mixup_alpha": 1.0}},
     "bs16": {"training": {"batch_size": 16}},
     "dropout5": {"model": {"name": "resnet", "kwargs": {"widths": [16, 32, 64, 128], "dropout": 0.5}}},
+    # Round 3, on top of today's default (--base default).
+    "wide": {"model": {"name": "resnet", "kwargs": {"widths": [32, 64, 128, 256]}}},
+    "epochs50": {"training": {"epochs": 50}},
 }
 
 
@@ -108,11 +113,17 @@ def build_inner_folds(root: Path, train_fold: int, work: Path) -> tuple[Path, Pa
 
 
 def make_config(
-    overrides: dict[str, dict[str, Any]], csv_path: Path, audio: Path, group: int, work: Path, name: str
+    overrides: dict[str, dict[str, Any]],
+    csv_path: Path,
+    audio: Path,
+    group: int,
+    work: Path,
+    name: str,
+    base: str = "first-default",
 ) -> RunConfig:
     config = RunConfig(annotations=str(csv_path), data_dir=str(audio))
     apply_recipe(config, "default")
-    for section, values in [*BASE.items(), *overrides.items()]:
+    for section, values in [*BASES[base].items(), *overrides.items()]:
         target = getattr(config, section)
         for key, value in values.items():
             setattr(target, key, value)
@@ -127,7 +138,9 @@ def make_config(
 
 def final_epoch_scores(run_dir: Path) -> tuple[float, float]:
     """Held-out accuracy and macro-F1 of the last epoch's weights (the weight average's, if kept), for
-    comparing "best validation epoch" with "train to the end" as a selection rule."""
+    comparing "best validation epoch" with "train to the end" as a selection rule. The held-out class
+    probabilities go to ``RUN/last_epoch_held_out.npz``, so that runs with other seeds can be averaged
+    into an ensemble afterwards."""
     import torch
 
     from urbansound.evaluation.metrics import classification_metrics
@@ -149,6 +162,7 @@ def final_epoch_scores(run_dir: Path) -> tuple[float, float]:
     test_set = FeatureDataset(data.features, data.labels, data.split.test)
     result = evaluate(model, make_loader(test_set, 64, shuffle=False), torch.device("cpu"))
     metrics = classification_metrics(result.labels.tolist(), result.predicted.tolist(), spec.class_names)
+    np.savez(run_dir / "last_epoch_held_out.npz", labels=result.labels, probabilities=result.probabilities)
     return metrics["accuracy"], metrics["macro_f1"]
 
 
@@ -207,6 +221,9 @@ def main() -> None:
     parser.add_argument("--groups", type=int, nargs="+", default=None, help="these inner groups instead")
     parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--base", choices=list(BASES), default="first-default", help="recipe under the overrides"
+    )
     parser.add_argument("--render-only", action="store_true", help="only rewrite select_recipe.md")
     args = parser.parse_args()
     if not args.render_only:
@@ -219,11 +236,15 @@ def run_candidates(args: argparse.Namespace) -> None:
     csv_path, audio = build_inner_folds(args.root, args.train_fold, args.work)
     for name in args.candidates:
         scores = []
+        run_dirs = []
         started = time.perf_counter()
         for group in args.groups or range(1, args.inner + 1):
-            config = make_config(CANDIDATES[name], csv_path, audio, group, args.work, name)
+            config = make_config(CANDIDATES[name], csv_path, audio, group, args.work, name, args.base)
             config.training.seed = args.seed
+            if args.base != "first-default":
+                config.name = f"select-{args.base}-{name}-s{args.seed}-g{group}"
             run_dir = train(config, progress=False)
+            run_dirs.append(run_dir)
             metrics = json.loads((run_dir / "metrics.json").read_text())
             final_accuracy, final_f1 = final_epoch_scores(run_dir)
             scores.append(
@@ -248,6 +269,8 @@ def run_candidates(args: argparse.Namespace) -> None:
             "overrides": CANDIDATES[name],
             "train_fold": args.train_fold,
             "holdout": "best-stratified",
+            "base": args.base,
+            "run_dirs": [str(d) for d in run_dirs],
             "groups": list(args.groups or range(1, args.inner + 1)),
             "seed": args.seed,
             "inner_accuracy": [round(s[0], 4) for s in scores],

@@ -152,6 +152,7 @@ RECIPE_FLAGS: dict[str, tuple[str, str]] = {
     "top_db": ("features", "top_db"),
     "db_reference": ("features", "db_reference"),
     "model": ("model", "name"),
+    "ensemble": ("model", "ensemble"),
     "epochs": ("training", "epochs"),
     "batch_size": ("training", "batch_size"),
     "max_lr": ("training", "max_lr"),
@@ -189,6 +190,13 @@ def add_model_training_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="model option, VALUE as JSON (e.g. batch_norm=true); repeatable",
+    )
+    group.add_argument(
+        "--ensemble",
+        type=int,
+        metavar="N",
+        help="train N copies of the model from seeds seed..seed+N-1 and average their probabilities "
+        "(one model file; N times the training time)",
     )
     group.add_argument("--epochs", type=int)
     group.add_argument(

@@ -86,6 +86,13 @@ class ModelConfig:
     name: str = "cnn"  # the seed's 4-block CNN
     n_classes: int = 10  # filled from the data; 10 for UrbanSound8K
     kwargs: dict[str, Any] = field(default_factory=dict)  # family-specific options
+    # Members of a seed ensemble: this many copies of the backbone, trained alike from seeds seed, seed+1, ...
+    # on the same split, whose class probabilities are averaged. 1 is a single model (the seed's).
+    ensemble: int = 1
+
+    def validate(self) -> None:
+        if self.ensemble < 1:
+            raise ConfigError(f"ensemble must have at least 1 member, got {self.ensemble}")
 
 
 @dataclass
@@ -228,6 +235,7 @@ class RunConfig:
             raise ConfigError(f"cache dtype must be float32 or float16, got {self.cache_dtype!r}")
         self.audio.validate()
         self.features.validate(self.audio.sample_rate)
+        self.model.validate()
         self.split.validate()
         self.training.validate()
         self.augment.validate()

@@ -23,6 +23,7 @@ from urbansound.errors import DataError
 from urbansound.features.frontend import AudioClassifier, BandNormalizer, SpectrogramFrontend
 from urbansound.io_utils import atomic_output
 from urbansound.models import create_model
+from urbansound.models.ensemble import SeedEnsemble
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +61,20 @@ class ModelSpec:
 
 
 def build_classifier(spec: ModelSpec) -> AudioClassifier:
-    """A fresh (untrained) classifier for ``spec``."""
-    backbone = create_model(
-        spec.model.name, n_classes=len(spec.class_names), n_bands=spec.features.n_mels, **spec.model.kwargs
-    )
+    """A fresh (untrained) classifier for ``spec``; a :class:`SeedEnsemble` of backbones when
+    ``spec.model.ensemble`` > 1."""
+
+    def new_backbone() -> torch.nn.Module:
+        return create_model(
+            spec.model.name,
+            n_classes=len(spec.class_names),
+            n_bands=spec.features.n_mels,
+            **spec.model.kwargs,
+        )
+
+    backbone = new_backbone()
+    if spec.model.ensemble > 1:
+        backbone = SeedEnsemble([backbone, *(new_backbone() for _ in range(spec.model.ensemble - 1))])
     return AudioClassifier(
         SpectrogramFrontend(spec.features, spec.audio.sample_rate),
         BandNormalizer(spec.features.n_mels, spec.features.db_reference),

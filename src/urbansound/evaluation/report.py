@@ -81,6 +81,15 @@ def render_report(
     model_kwargs = model.get("kwargs") or {}
     options = ", ".join(f"{k}={v}" for k, v in model_kwargs.items())
     lines.append(f"- **Model:** `{model_name}`" + (f" ({options})" if options else ""))
+    ensemble = metrics.get("ensemble") or {}
+    if ensemble:
+        seeds = ensemble.get("seeds") or []
+        member_test = ensemble.get("member_test_accuracy") or []
+        lines.append(
+            f"- **Seed ensemble:** {ensemble.get('members', len(seeds))} members (seeds "
+            f"{', '.join(map(str, seeds))}), class probabilities averaged; each member alone scores "
+            f"{' / '.join(_percent(a) for a in member_test)} on the test set"
+        )
 
     feature_bits = [
         f"{features['n_mels']} bands" if "n_mels" in features else None,

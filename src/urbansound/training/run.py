@@ -7,12 +7,13 @@ import io
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from urbansound.config import RunConfig, default_cache_dir
 from urbansound.data.datasets import load_dataset
@@ -24,6 +25,7 @@ from urbansound.evaluation.plots import plot_confusion_matrix, plot_history
 from urbansound.evaluation.report import write_report
 from urbansound.features.augment import spec_augment_from_config
 from urbansound.features.cache import CachedFeatures, FeatureCache, band_statistics
+from urbansound.features.frontend import AudioClassifier
 from urbansound.io_utils import atomic_write_json, atomic_write_text
 from urbansound.modelfile import ModelSpec, build_classifier, load_pretrained_weights, save_model_file
 from urbansound.training.checkpoint import CHECKPOINT_NAME
@@ -33,7 +35,7 @@ from urbansound.training.distributed import (
     distributed_session,
     run_in_turns,
 )
-from urbansound.training.fit import fit, format_duration
+from urbansound.training.fit import FitResult, fit, format_duration
 from urbansound.training.loop import FeatureDataset, evaluate, make_loader
 
 logger = logging.getLogger(__name__)
@@ -163,7 +165,7 @@ def train(
     """Run (or resume) a training run and return its folder.
 
     The folder gets ``config.json``, ``split.csv``, ``history.csv``, ``checkpoint.pt`` (for resuming),
-    ``model.safetensors`` (best validation epoch), ``metrics.json``, ``train_test_loss.png``,
+    ``model.safetensors`` (the epoch ``select_epoch`` keeps), ``metrics.json``, ``train_test_loss.png``,
     ``confusion_matrix.png``, ``report.md`` and, if clips were skipped, ``skipped_clips.csv``.
 
     Under torchrun every process calls this and trains with DDP (see ``training/distributed.py``); rank 0
@@ -209,43 +211,75 @@ def _train(
     run_dir = broadcast_object(run_dir)
     assert run_dir is not None
 
-    torch.manual_seed(config.training.seed)
     spec = ModelSpec(
         audio=config.audio, features=config.features, model=config.model, class_names=data.index.class_names
     )
-    model = build_classifier(spec)
-    if config.training.init_from and resume_dir is None:
-        reset = load_pretrained_weights(model, config.training.init_from)
-        logger.info("initialised from %s%s", config.training.init_from, f" (new: {reset})" if reset else "")
+    # One set of band statistics for every ensemble member: they see the same training clips.
     mean, std = band_statistics(data.features, data.split.train, db_reference=config.features.db_reference)
-    model.normalizer.set_statistics(torch.from_numpy(mean), torch.from_numpy(std))
-
-    model.augment = spec_augment_from_config(config.augment)
-    train_set = FeatureDataset(
-        data.features, data.labels, data.split.train, variants=data.variants, seed=config.training.seed
-    )
     val_set = FeatureDataset(data.features, data.labels, data.split.val)
     test_set = FeatureDataset(data.features, data.labels, data.split.test)
-    result = fit(
-        model,
-        train_set,
-        val_set,
-        config.training,
-        device,
-        run_dir / CHECKPOINT_NAME,
-        history_path=run_dir / "history.csv",
-        resume=resume_dir is not None,
-        progress=progress,
-        context=context,
-        mixup_alpha=config.augment.mixup_alpha,
-        mixup_domain=config.augment.mixup_domain,
-    )
+    n_members = config.model.ensemble
+    member_spec = replace(spec, model=replace(config.model, ensemble=1))
+    members: list[tuple[AudioClassifier, FitResult]] = []
+    for member in range(1, n_members + 1):
+        # Member k trains exactly as a single run with seed + k - 1 would (initialisation, batch order,
+        # which cached variant each epoch draws) on the same split; its files carry a -memberK suffix.
+        training = replace(config.training, seed=config.training.seed + member - 1)
+        suffix = "" if member == 1 else f"-member{member}"
+        checkpoint = run_dir / CHECKPOINT_NAME.replace(".pt", f"{suffix}.pt")
+        if n_members > 1:
+            logger.info("ensemble member %d of %d (seed %d)", member, n_members, training.seed)
+        torch.manual_seed(training.seed)
+        model = build_classifier(member_spec)
+        if config.training.init_from and resume_dir is None:
+            reset = load_pretrained_weights(model, config.training.init_from)
+            logger.info(
+                "initialised from %s%s", config.training.init_from, f" (new: {reset})" if reset else ""
+            )
+        model.normalizer.set_statistics(torch.from_numpy(mean), torch.from_numpy(std))
+        model.augment = spec_augment_from_config(config.augment)
+        train_set = FeatureDataset(
+            data.features, data.labels, data.split.train, variants=data.variants, seed=training.seed
+        )
+        result = fit(
+            model,
+            train_set,
+            val_set,
+            training,
+            device,
+            checkpoint,
+            history_path=run_dir / f"history{suffix}.csv",
+            resume=resume_dir is not None and checkpoint.is_file(),
+            progress=progress,
+            context=context,
+            mixup_alpha=config.augment.mixup_alpha,
+            mixup_domain=config.augment.mixup_domain,
+        )
+        # Model selection is over for this member: the kept epoch's weights.
+        model.load_state_dict(result.best_state)
+        model.augment = nn.Identity()
+        members.append((model, result))
     if not context.is_main:
         return run_dir  # rank 0 alone tests the model and writes the results
 
-    # Model selection is over: the test set is used once, on the best validation epoch's weights.
-    model.load_state_dict(result.best_state)
+    model, result = members[0]
     batch = max(config.training.batch_size, 64)
+    ensemble_metrics = None
+    if n_members > 1:
+        model = assemble_ensemble(spec, [m for m, _ in members]).to(device)
+        ensemble_metrics = {
+            "members": n_members,
+            "seeds": [config.training.seed + k for k in range(n_members)],
+            "kept_epochs": [r.best_epoch for _, r in members],
+            # Each member alone, on the same sets: what averaging adds (reported, never used for a choice).
+            "member_val_accuracy": [
+                evaluate(m, make_loader(val_set, batch, shuffle=False), device).accuracy for m, _ in members
+            ],
+            "member_test_accuracy": [
+                evaluate(m, make_loader(test_set, batch, shuffle=False), device).accuracy for m, _ in members
+            ],
+        }
+    # The test set is used once, on the kept weights.
     val = evaluate(model, make_loader(val_set, batch, shuffle=False), device)
     test = evaluate(model, make_loader(test_set, batch, shuffle=False), device)
     names = data.index.class_names
@@ -261,6 +295,7 @@ def _train(
         "stopped_early": result.stopped_early,
         "split": data.split.to_dict(),
         "n_skipped": len(data.index.skipped),
+        "ensemble": ensemble_metrics,
         "per_class": test_metrics["per_class"],
         "test": test_metrics,
         "val": val_metrics,
@@ -298,6 +333,16 @@ def _train(
         format_duration(metrics["wall_seconds"]),
     )
     return run_dir
+
+
+def assemble_ensemble(spec: ModelSpec, members: list[AudioClassifier]) -> AudioClassifier:
+    """One classifier whose backbone is a :class:`SeedEnsemble` of the trained ``members``' backbones
+    (front end and normaliser are shared: the members were trained on the same features and statistics)."""
+    ensemble = build_classifier(spec)
+    ensemble.normalizer.load_state_dict(members[0].normalizer.state_dict())
+    for target, member in zip(ensemble.backbone.members, members, strict=True):
+        target.load_state_dict(member.backbone.state_dict())
+    return ensemble.eval()
 
 
 def dry_run(config: RunConfig) -> tuple[DatasetIndex, Split]:

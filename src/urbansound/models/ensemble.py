@@ -1,0 +1,38 @@
+"""A seed ensemble: several copies of one backbone, trained alike from different seeds, whose class
+probabilities are averaged.
+
+On a training set as small as one UrbanSound8K fold, independently trained networks disagree on the clips
+of unseen recordings, and averaging their probabilities is the most dependable gain there is (Lakshminarayanan
+et al. 2017, "deep ensembles"). The ensemble is an ordinary backbone: it maps features to (log-)scores, so
+the model file, inference, windowed prediction and export treat it like any other model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+class SeedEnsemble(nn.Module):
+    """``members`` share input and output; the output is the log of their mean class probabilities.
+
+    Returning log-probabilities keeps the contract of every backbone (softmax of the output gives the
+    class probabilities, argmax gives the class), and ``softmax(log(mean p)) == mean p`` exactly.
+    """
+
+    def __init__(self, members: Sequence[nn.Module]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (batch, 1, n_bands, frames)
+        log_probabilities = []
+        for member in self.members:  # a plain loop: TorchScript and ONNX export handle it
+            log_probabilities.append(torch.log_softmax(member(x), dim=-1))  # (batch, n_classes)
+        stacked = torch.stack(log_probabilities)  # (members, batch, n_classes)
+        return torch.logsumexp(stacked, dim=0) - math.log(len(self.members))  # (batch, n_classes)
