@@ -79,6 +79,8 @@ CANDIDATES: dict[str, dict[str, dict[str, Any]]] = {
     # Round 3, on top of today's default (--base default).
     "wide": {"model": {"name": "resnet", "kwargs": {"widths": [32, 64, 128, 256]}}},
     "epochs50": {"training": {"epochs": 50}},
+    # Scored for every member count 1..5 from the same five members (see ensemble_scores).
+    "ensemble5": {"model": {"ensemble": 5}},
 }
 
 
@@ -166,6 +168,35 @@ def final_epoch_scores(run_dir: Path) -> tuple[float, float]:
     return metrics["accuracy"], metrics["macro_f1"]
 
 
+def ensemble_scores(run_dir: Path) -> list[float]:
+    """Held-out accuracy of the average of the first k members of a run's model, for k = 1..members (1
+    entry for a single model); the members' held-out probabilities go to ``RUN/members_held_out.npz``."""
+    import torch
+
+    from urbansound.modelfile import load_model_file
+    from urbansound.models.ensemble import SeedEnsemble
+    from urbansound.training.loop import FeatureDataset, evaluate, make_loader
+    from urbansound.training.run import load_run_config, prepare_data
+
+    config = load_run_config(run_dir)
+    model, _ = load_model_file(run_dir / "model.safetensors")
+    data = prepare_data(config, progress=False)
+    loader = make_loader(FeatureDataset(data.features, data.labels, data.split.test), 64, shuffle=False)
+    backbone = model.backbone
+    members = list(backbone.members) if isinstance(backbone, SeedEnsemble) else [backbone]
+    probabilities = []
+    for member in members:
+        model.backbone = member
+        result = evaluate(model, loader, torch.device("cpu"))
+        probabilities.append(result.probabilities)
+    stacked = np.stack(probabilities)  # (members, clips, classes)
+    np.savez(run_dir / "members_held_out.npz", labels=result.labels, probabilities=stacked)
+    return [
+        round(float((stacked[:k].mean(0).argmax(1) == result.labels).mean()), 4)
+        for k in range(1, len(members) + 1)
+    ]
+
+
 def render(path: Path = RESULTS) -> str:
     """``select_recipe.md``: each candidate's held-out accuracy per inner group, with both epoch rules."""
     per: dict[tuple[str, str], dict[int, tuple[float, float]]] = {}
@@ -237,6 +268,7 @@ def run_candidates(args: argparse.Namespace) -> None:
     for name in args.candidates:
         scores = []
         run_dirs = []
+        ensemble_curves: list[list[float]] = []
         started = time.perf_counter()
         for group in args.groups or range(1, args.inner + 1):
             config = make_config(CANDIDATES[name], csv_path, audio, group, args.work, name, args.base)
@@ -246,7 +278,11 @@ def run_candidates(args: argparse.Namespace) -> None:
             run_dir = train(config, progress=False)
             run_dirs.append(run_dir)
             metrics = json.loads((run_dir / "metrics.json").read_text())
-            final_accuracy, final_f1 = final_epoch_scores(run_dir)
+            if config.training.select_epoch == "last":  # the model file is the last epoch already
+                final_accuracy, final_f1 = metrics["test_accuracy"], metrics["test_macro_f1"]
+                ensemble_curves.append(ensemble_scores(run_dir))
+            else:
+                final_accuracy, final_f1 = final_epoch_scores(run_dir)
             scores.append(
                 (
                     metrics["test_accuracy"],
@@ -282,6 +318,9 @@ def run_candidates(args: argparse.Namespace) -> None:
             "mean_last_epoch_inner_macro_f1": round(last_f1, 4),
             "seconds": round(time.perf_counter() - started, 1),
         }
+        if ensemble_curves and len(ensemble_curves[0]) > 1:
+            # Held-out accuracy of the first k members' average, k = 1..members, per group.
+            result["ensemble_accuracy_by_members"] = ensemble_curves
         with open(RESULTS, "a") as handle:
             handle.write(json.dumps(result) + "\n")
         print(
