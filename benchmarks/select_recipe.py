@@ -198,19 +198,24 @@ def ensemble_scores(run_dir: Path) -> list[float]:
 
 
 def render(path: Path = RESULTS) -> str:
-    """``select_recipe.md``: each candidate's held-out accuracy per inner group, with both epoch rules."""
-    per: dict[tuple[str, str], dict[int, tuple[float, float]]] = {}
+    """``select_recipe.md``: each candidate's held-out accuracy per inner group, with both epoch rules, and
+    the held-out accuracy of seed ensembles by member count."""
+    per: dict[tuple[str, str, str], dict[int, tuple[float, float]]] = {}
     overrides: dict[str, Any] = {}
+    curves: dict[tuple[str, str], dict[int, list[float]]] = {}
     for line in path.read_text().splitlines():
         if not line.strip():
             continue
         entry = json.loads(line)
         holdout = entry.get("holdout", "best-stratified")
+        base = entry.get("base", "first-default")
         groups = entry.get("groups", list(range(1, len(entry["inner_accuracy"]) + 1)))
-        rows = per.setdefault((holdout, entry["candidate"]), {})
+        rows = per.setdefault((holdout, base, entry["candidate"]), {})
         overrides[entry["candidate"]] = entry["overrides"]
         for i, group in enumerate(groups):
             rows[group] = (entry["inner_accuracy"][i], entry["last_epoch_inner_accuracy"][i])
+        for group, curve in zip(groups, entry.get("ensemble_accuracy_by_members", []), strict=False):
+            curves.setdefault((base, entry["candidate"]), {})[group] = curve
     lines = [
         "# Recipe selection inside fold 1 (the test fold is never read)",
         "",
@@ -218,25 +223,45 @@ def render(path: Path = RESULTS) -> str:
         "split into 5 stratified groups by fsID; for inner group g, a candidate trains on the other four",
         "groups (20% of their recordings held out for validation) for 25 epochs and is scored on group g:",
         "recordings it never saw. 'best val' keeps the best validation epoch; 'last' keeps the final epoch.",
-        "Every candidate is the first session's default recipe (quarter-width ResNet, 128 mel @ 22.05 kHz,",
-        "4 variants, SpecAugment, mixup 0.2, label smoothing 0.1, AdamW cosine 2e-3, batch 32) plus the",
-        "overrides shown. 'first-fold': the earlier validation hold-out (see accuracy.md). Groups hold 201,",
-        "170, 169, 170 and 163 clips; group 1 has 79 slices of one jackhammer recording, so a single",
-        "recording moves its accuracy by up to 39 points.",
+        "Base 'first-default': the first session's default recipe (quarter-width ResNet, 128 mel at",
+        "22.05 kHz, 4 variants, SpecAugment, mixup 0.2, label smoothing 0.1, AdamW cosine 2e-3, batch 32)",
+        "plus the overrides shown. Base 'default': the default recipe chosen in round 2 (that recipe with dB",
+        "re each clip's maximum, 8 variants and the last epoch kept) plus the overrides shown. 'first-fold':",
+        "the earlier validation hold-out (see accuracy.md). Groups hold 201, 170, 169, 170 and 163 clips;",
+        "group 1 has 79 slices of one jackhammer recording, so a single recording moves its accuracy by up",
+        "to 39 points.",
         "",
-        "| hold-out | candidate | overrides | groups | last epoch: acc. per group | mean acc. (last) | "
-        "mean acc. (best val) |",
-        "|---|---|---|---|---|---:|---:|",
+        "| hold-out | base | candidate | overrides | groups | last epoch: acc. per group | "
+        "mean acc. (last) | mean acc. (best val) |",
+        "|---|---|---|---|---|---|---:|---:|",
     ]
-    for (holdout, name), rows in per.items():
+    for (holdout, base, name), rows in per.items():
         groups = sorted(rows)
         last = [rows[g][1] for g in groups]
         best = [rows[g][0] for g in groups]
         lines.append(
-            f"| {holdout} | {name} | `{json.dumps(overrides[name])}` | {','.join(map(str, groups))} | "
+            f"| {holdout} | {base} | {name} | `{json.dumps(overrides[name])}` | "
+            f"{','.join(map(str, groups))} | "
             f"{' / '.join(f'{100 * a:.1f}' for a in last)} | {100 * float(np.mean(last)):.1f}% | "
             f"{100 * float(np.mean(best)):.1f}% |"
         )
+    for (base, name), by_group in curves.items():
+        groups = sorted(by_group)
+        n_members = min(len(c) for c in by_group.values())
+        lines += [
+            "",
+            f"### Seed ensemble `{name}` (base '{base}'): held-out accuracy of the first k members' average",
+            "",
+            "| members | " + " | ".join(f"group {g}" for g in groups) + " | mean |",
+            "|---:|" + "---:|" * (len(groups) + 1),
+        ]
+        for k in range(n_members):
+            scores = [by_group[g][k] for g in groups]
+            lines.append(
+                f"| {k + 1} | "
+                + " | ".join(f"{100 * a:.1f}" for a in scores)
+                + f" | {100 * float(np.mean(scores)):.1f}% |"
+            )
     notes = HERE / "select_recipe_notes.md"
     if notes.is_file():
         lines += ["", notes.read_text().strip()]
