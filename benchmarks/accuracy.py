@@ -41,6 +41,8 @@ class Row:
     recipe: str
     description: str
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Seed-ensemble members; None keeps the recipe's. Rows other than `default` compare single models.
+    members: int | None = 1
 
 
 SBCNN = {"name": "sbcnn", "kwargs": {"batch_norm": True}}
@@ -53,7 +55,15 @@ FIRST_DEFAULT = {"features": {"db_reference": "absolute"}, "training": {"select_
 ROWS = [
     Row("seed", "seed", "cnn, 64 mel @ 44.1 kHz, Adam one-cycle, best val epoch (the seed's settings)"),
     Row(
-        "default", "default", "resnet 16-32-64-128, 128 mel @ 22.05 kHz re clip max, augmentation, last epoch"
+        "default",
+        "default",
+        "the default recipe, as `urbansound train` runs it (see the notes for its settings)",
+        members=None,
+    ),
+    Row(
+        "single",
+        "default",
+        "one resnet 16-32-64-128, 128 mel @ 22.05 kHz re clip max, augmentation, last epoch",
     ),
     Row(
         "first-default",
@@ -97,6 +107,8 @@ def make_config(row: Row, train_fold: int, test_fold: int, root: Path, work: Pat
         name=f"{row.name}-{train_fold}to{test_fold}",
     )
     apply_recipe(config, row.recipe)
+    if row.members is not None:
+        config.model.ensemble = row.members
     for section, values in row.overrides.items():
         for key, value in values.items():
             setattr(getattr(config, section), key, value)

@@ -58,6 +58,9 @@ def test_default_recipe_and_explicit_flags_override_it() -> None:
         "--recipe", "seed", "--model-option", "channels=[4, 8, 16, 32]", "--label-smoothing", "0.1"
     )
     assert config.model.kwargs == {"channels": [4, 8, 16, 32]} and config.training.label_smoothing == 0.1
+    assert _config("--recipe", "seed").model.ensemble == 1
+    assert _config("--ensemble", "3").model.ensemble == 3
+    assert _config("--ensemble", "3", "--model", "crnn").model.ensemble == 3
     with pytest.raises(ConfigError, match="scheduler"):
         TrainingConfig(scheduler="step").validate()
 
