@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from select_recipe import ensemble_scores
+
 from urbansound.config import RunConfig, SplitConfig, apply_recipe
 from urbansound.training.run import train
 
@@ -127,8 +129,15 @@ def load_results(holdout: str = HOLDOUT) -> dict[str, dict[str, Any]]:
     return results
 
 
-def record(key: str, metrics: dict[str, Any], seconds: float, config: dict[str, Any]) -> dict[str, Any]:
-    """Append one finished run to accuracy.jsonl."""
+def record(
+    key: str,
+    metrics: dict[str, Any],
+    seconds: float,
+    config: dict[str, Any],
+    by_members: list[float] | None = None,
+) -> dict[str, Any]:
+    """Append one finished run to accuracy.jsonl (with a seed ensemble's test accuracy for its first k
+    members, k = 1..members, when given)."""
     entry = {
         "key": key,
         "holdout": HOLDOUT,
@@ -137,6 +146,8 @@ def record(key: str, metrics: dict[str, Any], seconds: float, config: dict[str, 
         "wall_seconds": round(seconds, 1),
         "config": config,
     }
+    if by_members and len(by_members) > 1:
+        entry["ensemble_accuracy_by_members"] = by_members
     with open(RESULTS, "a") as handle:
         handle.write(json.dumps(entry) + "\n")
     return entry
@@ -177,6 +188,28 @@ def render(results: dict[str, dict[str, Any]], notes: str, archive: dict[str, di
                 f"| {row.name} | {row.description} | {where} | {100 * entry['test_accuracy']:.1f}% | "
                 f"{entry['test_macro_f1']:.3f} | {100 * entry['val_accuracy']:.1f}% | "
                 f"{entry['best_epoch']} | {entry['wall_seconds'] / 60:.1f} min |"
+            )
+    curves = {
+        key: e["ensemble_accuracy_by_members"]
+        for key, e in results.items()
+        if "ensemble_accuracy_by_members" in e
+    }
+    if curves:
+        lines += [
+            "",
+            "Seed ensembles, test accuracy of the average of the first k members (members 1..k are exactly",
+            "the `--ensemble k` model: member j trains with seed j - 1 on the same split and variants):",
+            "",
+            "| row | split | "
+            + " | ".join(f"k = {k}" for k in range(1, max(map(len, curves.values())) + 1))
+            + " |",
+            "|---|---|" + "---:|" * max(map(len, curves.values())),
+        ]
+        for key, curve in curves.items():
+            name, _, split = key.rpartition("-")
+            a, b = SPLITS[split]
+            lines.append(
+                f"| {name} | fold {a} → fold {b} | " + " | ".join(f"{100 * x:.1f}%" for x in curve) + " |"
             )
     if missing:
         lines += ["", "**Not run** (CPU time ran out in this session; run the script with `--only`):", ""]
@@ -226,7 +259,9 @@ def main() -> None:
     if args.import_run:
         key, run_dir = args.import_run[0], Path(args.import_run[1])
         metrics = json.loads((run_dir / "metrics.json").read_text())
-        record(key, metrics, metrics["wall_seconds"], json.loads((run_dir / "config.json").read_text()))
+        config = json.loads((run_dir / "config.json").read_text())
+        by_members = ensemble_scores(run_dir) if config["model"].get("ensemble", 1) > 1 else None
+        record(key, metrics, metrics["wall_seconds"], config, by_members)
         results = load_results()
     if not args.render_only and not args.import_run:
         for row in ROWS:
@@ -237,8 +272,10 @@ def main() -> None:
                 config = make_config(row, train_fold, test_fold, args.root, args.work)
                 started = time.perf_counter()
                 run_dir = train(config, progress=False)
+                seconds = time.perf_counter() - started
                 metrics = json.loads((run_dir / "metrics.json").read_text())
-                results[key] = record(key, metrics, time.perf_counter() - started, config.to_dict())
+                by_members = ensemble_scores(run_dir) if config.model.ensemble > 1 else None
+                results[key] = record(key, metrics, seconds, config.to_dict(), by_members)
     notes_path = HERE / "accuracy_notes.md"
     notes = notes_path.read_text() if notes_path.is_file() else ""
     REPORT.write_text(render(results, notes, load_results("first-fold")))
