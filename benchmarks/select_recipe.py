@@ -81,6 +81,12 @@ CANDIDATES: dict[str, dict[str, dict[str, Any]]] = {
     "epochs50": {"training": {"epochs": 50}},
     # Scored for every member count 1..5 from the same five members (see ensemble_scores).
     "ensemble5": {"model": {"ensemble": 5}},
+    # Round 3b: one seed swings an inner group by up to 13 points (ensemble5's members), so candidates are
+    # trained with two seeds (as a 2-member ensemble: seeds 0 and 1, shared variants) and compared by the
+    # mean accuracy of their members against the default's members 1-2 (ensemble5).
+    "filteraug-x2": {"augment": {"filter_gain_db": 6.0}, "model": {"ensemble": 2}},
+    "epochs50-x2": {"training": {"epochs": 50}, "model": {"ensemble": 2}},
+    "wide-x2": {"model": {"name": "resnet", "kwargs": {"widths": [32, 64, 128, 256]}, "ensemble": 2}},
 }
 
 
@@ -294,6 +300,7 @@ def run_candidates(args: argparse.Namespace) -> None:
         scores = []
         run_dirs = []
         ensemble_curves: list[list[float]] = []
+        member_scores: list[list[float]] = []
         started = time.perf_counter()
         for group in args.groups or range(1, args.inner + 1):
             config = make_config(CANDIDATES[name], csv_path, audio, group, args.work, name, args.base)
@@ -306,6 +313,8 @@ def run_candidates(args: argparse.Namespace) -> None:
             if config.training.select_epoch == "last":  # the model file is the last epoch already
                 final_accuracy, final_f1 = metrics["test_accuracy"], metrics["test_macro_f1"]
                 ensemble_curves.append(ensemble_scores(run_dir))
+                if metrics.get("ensemble"):
+                    member_scores.append([round(a, 4) for a in metrics["ensemble"]["member_test_accuracy"]])
             else:
                 final_accuracy, final_f1 = final_epoch_scores(run_dir)
             scores.append(
@@ -343,6 +352,8 @@ def run_candidates(args: argparse.Namespace) -> None:
             "mean_last_epoch_inner_macro_f1": round(last_f1, 4),
             "seconds": round(time.perf_counter() - started, 1),
         }
+        if member_scores:
+            result["member_accuracy"] = member_scores  # per group: each member alone
         if ensemble_curves and len(ensemble_curves[0]) > 1:
             # Held-out accuracy of the first k members' average, k = 1..members, per group.
             result["ensemble_accuracy_by_members"] = ensemble_curves

@@ -13,7 +13,14 @@ from safetensors.numpy import load_file
 from test_training import tiny_config
 
 from urbansound.config import AudioConfig, AugmentConfig, FeatureConfig, ModelConfig, RunConfig
-from urbansound.features.augment import SpecAugment, make_variant, mix_db_in_power, mixup_batch, variant_rng
+from urbansound.features.augment import (
+    FilterAugment,
+    SpecAugment,
+    make_variant,
+    mix_db_in_power,
+    mixup_batch,
+    variant_rng,
+)
 from urbansound.features.frontend import AudioClassifier, BandNormalizer, SpectrogramFrontend
 from urbansound.models import create_model
 from urbansound.training import fit as fit_module
@@ -46,6 +53,25 @@ def test_spec_augment_masks_in_training_only_and_adds_no_state() -> None:
     augment.eval()
     assert torch.equal(augment(x), x)
     assert augment.state_dict() == {}
+
+
+def test_filter_augment_adds_a_bounded_piecewise_linear_band_gain_in_training_only() -> None:
+    torch.manual_seed(0)
+    augment = FilterAugment(gain_db=6.0, points=(3, 5))
+    features = torch.randn(8, 40, 30) * 10 - 40
+    augment.eval()
+    assert torch.equal(augment(features), features)
+    augment.train()
+    curve = augment(features) - features  # (batch, n_bands, frames)
+    # One gain per band, the same in every frame, within +-6 dB, different between clips.
+    torch.testing.assert_close(curve, curve[:, :, :1].expand_as(curve))
+    gains = curve[:, :, 0]
+    assert float(gains.abs().max()) <= 6.0 + 1e-5 and float(gains.abs().max()) > 1.0
+    assert not torch.allclose(gains[0], gains[1])
+    # Piecewise linear with at most 5 control points: at most 3 interior kinks per clip.
+    second_difference = gains[:, 2:] - 2 * gains[:, 1:-1] + gains[:, :-2]
+    assert int((second_difference.abs() > 1e-4).sum(dim=1).max()) <= 2 * 3
+    assert sum(1 for _ in augment.parameters()) == 0 and not augment.state_dict()
 
 
 def test_classifier_with_spec_augment_is_unchanged_at_evaluation() -> None:
@@ -136,6 +162,7 @@ def _augmented(config: RunConfig) -> RunConfig:
         time_masks=1,
         time_mask_width=4,
         mixup_alpha=0.3,
+        filter_gain_db=6.0,
     )
     config.training.scheduler = "cosine"
     config.training.label_smoothing = 0.1
@@ -184,7 +211,7 @@ def test_model_file_of_augmented_run_predicts_without_augmentation(
     config.augment.variants = 0
     run_dir = train(config, progress=False)
     model, spec = load_model_file(run_dir / "model.safetensors")
-    assert isinstance(model.augment, torch.nn.Identity)
+    assert isinstance(model.augment, torch.nn.Identity) and isinstance(model.band_augment, torch.nn.Identity)
     wave = torch.randn(2, AudioConfig(sample_rate=16_000, duration=1.0).n_samples) * 0.1
     torch.testing.assert_close(model(wave), model(wave))
     assert spec.model.kwargs == {"batch_norm": True}

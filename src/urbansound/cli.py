@@ -170,6 +170,7 @@ RECIPE_FLAGS: dict[str, tuple[str, str]] = {
     "time_mask_width": ("augment", "time_mask_width"),
     "mixup": ("augment", "mixup_alpha"),
     "mixup_domain": ("augment", "mixup_domain"),
+    "filter_gain_db": ("augment", "filter_gain_db"),
 }
 
 
@@ -254,6 +255,11 @@ def add_model_training_arguments(parser: argparse.ArgumentParser) -> None:
         "--mixup-domain",
         choices=MIXUP_DOMAINS,
         help="mix dB features (db) or band energies, as two sounds played together (power)",
+    )
+    group.add_argument(
+        "--filter-gain-db",
+        type=float,
+        help="FilterAugment: add a random smooth gain curve over the bands, up to +-DB (0: off)",
     )
 
 

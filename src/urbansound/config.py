@@ -186,6 +186,10 @@ class AugmentConfig:
     mixup_alpha: float = 0.0  # Beta(alpha, alpha) mixing weight; 0 disables mixup
     # "db": mix dB features (Zhang et al.); "power": mix band energies, as two sounds add.
     mixup_domain: str = "db"
+    # FilterAugment (Nam et al., 2022): a random smooth gain curve over the bands, up to +-this many dB, as
+    # another microphone or room would colour the sound; 0 disables it.
+    filter_gain_db: float = 0.0
+    filter_points: list[int] = field(default_factory=lambda: [3, 6])  # [min, max] control points of the curve
 
     def validate(self) -> None:
         if self.variants < 0:
@@ -196,8 +200,10 @@ class AugmentConfig:
             raise ConfigError(f"time_shift must be in [0, 1], got {self.time_shift}")
         if self.mixup_domain not in MIXUP_DOMAINS:
             raise ConfigError(f"mixup_domain must be 'db' or 'power', got {self.mixup_domain!r}")
-        if self.mixup_alpha < 0 or self.gain_db < 0:
-            raise ConfigError("mixup_alpha and gain_db must be >= 0")
+        if self.mixup_alpha < 0 or self.gain_db < 0 or self.filter_gain_db < 0:
+            raise ConfigError("mixup_alpha, gain_db and filter_gain_db must be >= 0")
+        if len(self.filter_points) != 2 or not 2 <= self.filter_points[0] <= self.filter_points[1]:
+            raise ConfigError(f"filter_points is a [min, max] count >= 2, got {self.filter_points}")
         if min(self.freq_masks, self.time_masks, self.freq_mask_width, self.time_mask_width) < 0:
             raise ConfigError("SpecAugment mask counts and widths must be >= 0")
         if self.noise_snr_db is not None and len(self.noise_snr_db) != 2:

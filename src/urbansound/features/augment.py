@@ -121,6 +121,51 @@ class SpecAugment(nn.Module):
         )
 
 
+class FilterAugment(nn.Module):
+    """A random smooth gain curve over the bands, added to dB features ``(batch, n_bands, frames)`` before
+    the normaliser, in training mode only (Nam et al., 2022, "linear" type).
+
+    Each clip draws between ``points[0]`` and ``points[1]`` control points spread over the band axis (the
+    first and last band always among them), a gain uniform in +-``gain_db`` at each, and the curve between
+    them is linear: the colouring a different microphone, wall or distance gives a recording. UrbanSound8K's
+    recordings each come from one device and place, so a model trained on few of them otherwise learns
+    their colouring. No parameters or buffers: model files are unchanged.
+    """
+
+    def __init__(self, gain_db: float, points: tuple[int, int] = (3, 6)) -> None:
+        super().__init__()
+        self.gain_db = gain_db
+        self.points = (int(points[0]), int(points[1]))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        # features: (batch, n_bands, frames), dB
+        if not self.training or self.gain_db <= 0:
+            return features
+        batch, n_bands, _ = features.shape
+        # Drawn on the CPU generator (saved in the checkpoint), as SpecAugment's masks.
+        n_points = int(torch.randint(self.points[0], self.points[1] + 1, (1,)))
+        inner = torch.rand(batch, n_points - 2).sort(dim=1).values * (n_bands - 1)
+        positions = torch.cat([torch.zeros(batch, 1), inner, torch.full((batch, 1), float(n_bands - 1))], 1)
+        gains = (torch.rand(batch, n_points) * 2 - 1) * self.gain_db  # (batch, n_points) dB
+        bands = torch.arange(n_bands, dtype=torch.float32).expand(batch, n_bands).contiguous()
+        right = torch.searchsorted(positions, bands, right=True).clamp(1, n_points - 1)  # (batch, n_bands)
+        x0, x1 = positions.gather(1, right - 1), positions.gather(1, right)
+        g0, g1 = gains.gather(1, right - 1), gains.gather(1, right)
+        weight = ((bands - x0) / (x1 - x0).clamp_min(1e-6)).clamp(0, 1)
+        curve = g0 + weight * (g1 - g0)  # (batch, n_bands) dB
+        return features + curve.to(features.device, features.dtype)[:, :, None]
+
+    def extra_repr(self) -> str:
+        return f"gain_db={self.gain_db}, points={self.points}"
+
+
+def filter_augment_from_config(config: AugmentConfig) -> nn.Module:
+    """The FilterAugment module ``config`` asks for, or an identity when it is off."""
+    if config.filter_gain_db <= 0:
+        return nn.Identity()
+    return FilterAugment(config.filter_gain_db, (config.filter_points[0], config.filter_points[1]))
+
+
 def spec_augment_from_config(config: AugmentConfig) -> nn.Module:
     """The SpecAugment module ``config`` asks for, or an identity when masking is off."""
     if not config.spec_augment:

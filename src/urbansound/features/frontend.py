@@ -86,13 +86,18 @@ class AudioClassifier(nn.Module):
         self.frontend = frontend
         self.normalizer = normalizer
         self.backbone = backbone
-        # Training-only spectrogram augmentation (SpecAugment), set by the training run; an identity here so
-        # model files and inference never depend on it. It holds no state, so state_dicts are unchanged.
+        # Training-only spectrogram augmentation, set by the training run: ``band_augment`` on dB features
+        # (FilterAugment's gain curves), ``augment`` on normalised ones (SpecAugment's masks). Identities
+        # here, so model files and inference never depend on them; they hold no state, so state_dicts are
+        # unchanged.
+        self.band_augment: nn.Module = nn.Identity()
         self.augment: nn.Module = nn.Identity()
 
     def classify_features(self, features: torch.Tensor) -> torch.Tensor:
         """Logits from dB features ``(batch, n_bands, frames)`` (the cached training path)."""
-        x = self.augment(self.normalizer(features)).unsqueeze(1)  # (batch, 1, n_bands, frames)
+        x = self.augment(self.normalizer(self.band_augment(features))).unsqueeze(
+            1
+        )  # (batch, 1, n_bands, frames)
         return self.backbone(x)  # (batch, n_classes)
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ from urbansound.errors import ConfigError, DataError
 from urbansound.evaluation.metrics import classification_metrics
 from urbansound.evaluation.plots import plot_confusion_matrix, plot_history
 from urbansound.evaluation.report import write_report
-from urbansound.features.augment import spec_augment_from_config
+from urbansound.features.augment import filter_augment_from_config, spec_augment_from_config
 from urbansound.features.cache import CachedFeatures, FeatureCache, band_statistics
 from urbansound.features.frontend import AudioClassifier
 from urbansound.io_utils import atomic_write_json, atomic_write_text
@@ -237,6 +237,7 @@ def _train(
                 "initialised from %s%s", config.training.init_from, f" (new: {reset})" if reset else ""
             )
         model.normalizer.set_statistics(torch.from_numpy(mean), torch.from_numpy(std))
+        model.band_augment = filter_augment_from_config(config.augment)
         model.augment = spec_augment_from_config(config.augment)
         train_set = FeatureDataset(
             data.features, data.labels, data.split.train, variants=data.variants, seed=training.seed
@@ -257,7 +258,7 @@ def _train(
         )
         # Model selection is over for this member: the kept epoch's weights.
         model.load_state_dict(result.best_state)
-        model.augment = nn.Identity()
+        model.band_augment, model.augment = nn.Identity(), nn.Identity()
         members.append((model, result))
     if not context.is_main:
         return run_dir  # rank 0 alone tests the model and writes the results
