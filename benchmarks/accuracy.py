@@ -148,6 +148,9 @@ def record(
     }
     if by_members and len(by_members) > 1:
         entry["ensemble_accuracy_by_members"] = by_members
+    if metrics.get("ensemble"):
+        entry["member_test_accuracy"] = metrics["ensemble"]["member_test_accuracy"]
+        entry["member_seeds"] = metrics["ensemble"]["seeds"]
     with open(RESULTS, "a") as handle:
         handle.write(json.dumps(entry) + "\n")
     return entry

@@ -209,6 +209,7 @@ def render(path: Path = RESULTS) -> str:
     per: dict[tuple[str, str, str], dict[int, tuple[float, float]]] = {}
     overrides: dict[str, Any] = {}
     curves: dict[tuple[str, str], dict[int, list[float]]] = {}
+    members: dict[tuple[str, str], dict[int, list[float]]] = {}
     for line in path.read_text().splitlines():
         if not line.strip():
             continue
@@ -222,6 +223,8 @@ def render(path: Path = RESULTS) -> str:
             rows[group] = (entry["inner_accuracy"][i], entry["last_epoch_inner_accuracy"][i])
         for group, curve in zip(groups, entry.get("ensemble_accuracy_by_members", []), strict=False):
             curves.setdefault((base, entry["candidate"]), {})[group] = curve
+        for group, scores in zip(groups, entry.get("member_accuracy", []), strict=False):
+            members.setdefault((base, entry["candidate"]), {})[group] = scores
     lines = [
         "# Recipe selection inside fold 1 (the test fold is never read)",
         "",
@@ -268,6 +271,22 @@ def render(path: Path = RESULTS) -> str:
                 + " | ".join(f"{100 * a:.1f}" for a in scores)
                 + f" | {100 * float(np.mean(scores)):.1f}% |"
             )
+    if members:
+        lines += [
+            "",
+            "### Each member alone (seeds 0, 1, ...; the members of the rows above), per inner group",
+            "",
+            "Seeds 0 and 1 of every candidate: the comparison the round-3b rule uses (mean over groups of",
+            "the two seeds' mean).",
+            "",
+            "| base | candidate | group: accuracy of seed 0 / seed 1 / ... | mean of seeds 0-1 |",
+            "|---|---|---|---:|",
+        ]
+        for (base, name), by_group in members.items():
+            groups = sorted(by_group)
+            cells = "; ".join(f"{g}: " + " / ".join(f"{100 * a:.1f}" for a in by_group[g]) for g in groups)
+            pair = float(np.mean([np.mean(by_group[g][:2]) for g in groups]))
+            lines.append(f"| {base} | {name} | {cells} | {100 * pair:.1f}% |")
     notes = HERE / "select_recipe_notes.md"
     if notes.is_file():
         lines += ["", notes.read_text().strip()]
