@@ -63,6 +63,12 @@ ROWS = [
         members=None,
     ),
     Row(
+        "default-x3",
+        "default",
+        "the default recipe, seeds 0, 1 and 2 (`--ensemble 3`): their average; each seed alone below",
+        members=3,
+    ),
+    Row(
         "single",
         "default",
         "one resnet 16-32-64-128, 128 mel @ 22.05 kHz re clip max, augmentation, last epoch",
@@ -213,6 +219,27 @@ def render(results: dict[str, dict[str, Any]], notes: str, archive: dict[str, di
             a, b = SPLITS[split]
             lines.append(
                 f"| {name} | fold {a} → fold {b} | " + " | ".join(f"{100 * x:.1f}%" for x in curve) + " |"
+            )
+    seeds = {key: e for key, e in results.items() if "member_test_accuracy" in e}
+    if seeds:
+        lines += [
+            "",
+            "Seed variance: each member of an ensemble row alone (a single model trained with that seed;",
+            "seed 0 is exactly the single-model row of the same recipe):",
+            "",
+            "| row | split | seeds | test accuracy of each seed | mean ± std |",
+            "|---|---|---|---|---:|",
+        ]
+        for key, entry in seeds.items():
+            name, _, split = key.rpartition("-")
+            a, b = SPLITS[split]
+            scores = [100 * x for x in entry["member_test_accuracy"]]
+            mean = sum(scores) / len(scores)
+            std = (sum((x - mean) ** 2 for x in scores) / max(len(scores) - 1, 1)) ** 0.5
+            lines.append(
+                f"| {name} | fold {a} → fold {b} | {', '.join(map(str, entry['member_seeds']))} | "
+                + " / ".join(f"{x:.1f}%" for x in scores)
+                + f" | {mean:.1f} ± {std:.1f}% |"
             )
     if missing:
         lines += ["", "**Not run** (CPU time ran out in this session; run the script with `--only`):", ""]
