@@ -95,9 +95,8 @@ class AudioClassifier(nn.Module):
 
     def classify_features(self, features: torch.Tensor) -> torch.Tensor:
         """Logits from dB features ``(batch, n_bands, frames)`` (the cached training path)."""
-        x = self.augment(self.normalizer(self.band_augment(features))).unsqueeze(
-            1
-        )  # (batch, 1, n_bands, frames)
+        x = self.augment(self.normalizer(self.band_augment(features)))  # (batch, n_bands, frames)
+        x = x.unsqueeze(1)  # (batch, 1, n_bands, frames)
         return self.backbone(x)  # (batch, n_classes)
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:

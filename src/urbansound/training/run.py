@@ -229,9 +229,10 @@ def _train(
         checkpoint = run_dir / CHECKPOINT_NAME.replace(".pt", f"{suffix}.pt")
         if n_members > 1:
             logger.info("ensemble member %d of %d (seed %d)", member, n_members, training.seed)
+        resume = resume_dir is not None and checkpoint.is_file()  # else this member starts afresh
         torch.manual_seed(training.seed)
         model = build_classifier(member_spec)
-        if config.training.init_from and resume_dir is None:
+        if config.training.init_from and not resume:
             reset = load_pretrained_weights(model, config.training.init_from)
             logger.info(
                 "initialised from %s%s", config.training.init_from, f" (new: {reset})" if reset else ""
@@ -250,7 +251,7 @@ def _train(
             device,
             checkpoint,
             history_path=run_dir / f"history{suffix}.csv",
-            resume=resume_dir is not None and checkpoint.is_file(),
+            resume=resume,
             progress=progress,
             context=context,
             mixup_alpha=config.augment.mixup_alpha,
@@ -272,7 +273,8 @@ def _train(
             "members": n_members,
             "seeds": [config.training.seed + k for k in range(n_members)],
             "kept_epochs": [r.best_epoch for _, r in members],
-            # Each member alone, on the same sets: what averaging adds (reported, never used for a choice).
+            # Each member alone, on the same sets, to show what averaging adds; reported, never used for a
+            # choice (every choice was made before this point).
             "member_val_accuracy": [
                 evaluate(m, make_loader(val_set, batch, shuffle=False), device).accuracy for m, _ in members
             ],
@@ -280,7 +282,7 @@ def _train(
                 evaluate(m, make_loader(test_set, batch, shuffle=False), device).accuracy for m, _ in members
             ],
         }
-    # The test set is used once, on the kept weights.
+    # Every choice is made: the test set is scored once, on the kept weights.
     val = evaluate(model, make_loader(val_set, batch, shuffle=False), device)
     test = evaluate(model, make_loader(test_set, batch, shuffle=False), device)
     names = data.index.class_names
