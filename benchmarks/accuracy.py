@@ -278,6 +278,9 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None, help="keys such as default-1to2 (default: all)")
     parser.add_argument("--render-only", action="store_true")
     parser.add_argument(
+        "--rerun", action="store_true", help="measure the --only keys again even if recorded (last one wins)"
+    )
+    parser.add_argument(
         "--import-run",
         nargs=2,
         metavar=("KEY", "RUN_FOLDER"),
@@ -297,7 +300,7 @@ def main() -> None:
         for row in ROWS:
             for split, (train_fold, test_fold) in SPLITS.items():
                 key = f"{row.name}-{split}"
-                if (args.only is not None and key not in args.only) or key in results:
+                if (args.only is not None and key not in args.only) or (key in results and not args.rerun):
                     continue
                 config = make_config(row, train_fold, test_fold, args.root, args.work)
                 started = time.perf_counter()

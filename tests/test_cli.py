@@ -100,6 +100,9 @@ def test_train_then_train_py_compat(dataset: Path, tmp_path: Path) -> None:
     config = json.loads((run_dir / "config.json").read_text())
     assert config["features"]["kind"] == "gammatone"
     assert "test fold 1" in (run_dir / "report.md").read_text()
+    # The default recipe is a 4-seed ensemble: four members trained, one model file averaging them.
+    assert config["model"]["ensemble"] == 4 and (run_dir / "checkpoint-member4.pt").is_file()
+    assert json.loads((run_dir / "metrics.json").read_text())["ensemble"]["seeds"] == [0, 1, 2, 3]
 
     seed_style = subprocess.run(
         [

@@ -43,7 +43,7 @@ def test_seed_recipe_reproduces_the_seed_settings() -> None:
 def test_default_recipe_and_explicit_flags_override_it() -> None:
     default = _config()
     assert default.recipe == "default" and default.model.name == "resnet"
-    assert default.model.kwargs == {"widths": [16, 32, 64, 128]}
+    assert default.model.kwargs == {"widths": [16, 32, 64, 128]} and default.model.ensemble == 4
     assert default.training.scheduler == "cosine" and default.augment.spec_augment
     assert default.audio.sample_rate == 22_050 and default.features.n_mels == 128
     assert default.features.db_reference == "clip_max" and default.training.select_epoch == "last"
