@@ -2,11 +2,11 @@
 probabilities are averaged.
 
 Averaging independently trained networks usually removes part of their error (Lakshminarayanan et al.
-2017, "deep ensembles"); what it gains depends on how much the members' errors differ. Measured here
-(benchmarks/accuracy.md): three seeds of the default recipe gain 2.4 points on fold 2 and 1.1 on fold 1
-over their members' mean, but nothing on the small inner groups of fold 1 where the default was chosen,
-so the default stays one model. The ensemble is an ordinary backbone: it maps features to
-(log-)scores, so the model file, inference, windowed prediction and export treat it like any other model.
+2017, "deep ensembles"); what it gains depends on how much the members' errors differ. On one
+UrbanSound8K fold the gain is small next to the seed-to-seed spread (benchmarks/select_recipe.md,
+benchmarks/accuracy.md), but it was there over the five inner groups of fold 1, so the default recipe
+trains 4 members. The ensemble is an ordinary backbone: it maps features to (log-)scores, so the model
+file, inference, windowed prediction and export treat it like any other model.
 """
 
 from __future__ import annotations
