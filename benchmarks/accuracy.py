@@ -171,6 +171,13 @@ def describe(config: dict[str, Any]) -> str:
     return f"{name}, {features['n_mels']} {features['kind']}, {aug}"
 
 
+def row_and_split(key: str) -> tuple[str, str]:
+    """``"default-1to2"`` -> ``("default", "fold 1 → fold 2")``."""
+    name, _, split = key.rpartition("-")
+    train_fold, test_fold = SPLITS[split]
+    return name, f"fold {train_fold} → fold {test_fold}"
+
+
 def render(results: dict[str, dict[str, Any]], notes: str, archive: dict[str, dict[str, Any]]) -> str:
     lines = [
         "# Accuracy on the real UrbanSound8K folds",
@@ -215,11 +222,8 @@ def render(results: dict[str, dict[str, Any]], notes: str, archive: dict[str, di
             "|---|---|" + "---:|" * max(map(len, curves.values())),
         ]
         for key, curve in curves.items():
-            name, _, split = key.rpartition("-")
-            a, b = SPLITS[split]
-            lines.append(
-                f"| {name} | fold {a} → fold {b} | " + " | ".join(f"{100 * x:.1f}%" for x in curve) + " |"
-            )
+            name, where = row_and_split(key)
+            lines.append(f"| {name} | {where} | " + " | ".join(f"{100 * x:.1f}%" for x in curve) + " |")
     seeds = {key: e for key, e in results.items() if "member_test_accuracy" in e}
     if seeds:
         lines += [
@@ -231,13 +235,12 @@ def render(results: dict[str, dict[str, Any]], notes: str, archive: dict[str, di
             "|---|---|---|---|---:|",
         ]
         for key, entry in seeds.items():
-            name, _, split = key.rpartition("-")
-            a, b = SPLITS[split]
+            name, where = row_and_split(key)
             scores = [100 * x for x in entry["member_test_accuracy"]]
             mean = sum(scores) / len(scores)
             std = (sum((x - mean) ** 2 for x in scores) / max(len(scores) - 1, 1)) ** 0.5
             lines.append(
-                f"| {name} | fold {a} → fold {b} | {', '.join(map(str, entry['member_seeds']))} | "
+                f"| {name} | {where} | {', '.join(map(str, entry['member_seeds']))} | "
                 + " / ".join(f"{x:.1f}%" for x in scores)
                 + f" | {mean:.1f} ± {std:.1f}% |"
             )
@@ -258,10 +261,9 @@ def render(results: dict[str, dict[str, Any]], notes: str, archive: dict[str, di
             "|---|---|---|---:|---:|---:|---:|",
         ]
         for key, entry in archive.items():
-            name, _, split = key.rpartition("-")
-            a, b = SPLITS[split]
+            name, where = row_and_split(key)
             lines.append(
-                f"| {name} | {describe(entry['config'])} | fold {a} → fold {b} | "
+                f"| {name} | {describe(entry['config'])} | {where} | "
                 f"{100 * entry['test_accuracy']:.1f}% | {entry['test_macro_f1']:.3f} | "
                 f"{100 * entry['val_accuracy']:.1f}% | {entry['best_epoch']} |"
             )

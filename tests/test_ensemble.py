@@ -1,5 +1,5 @@
 """Seed ensembles: members are exactly the single runs of their seeds, the model file averages their
-probabilities, an interrupted ensemble resumes to the same weights, and exports keep the average."""
+probabilities, and an interrupted ensemble resumes to the same weights (ONNX parity: test_export.py)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import torch
 from safetensors.numpy import load_file
 from test_training import tiny_config
 
-from urbansound.config import ModelConfig, RunConfig, apply_recipe
+from urbansound.config import RunConfig
 from urbansound.errors import ConfigError
-from urbansound.modelfile import ModelSpec, build_classifier, load_model_file, save_model_file
+from urbansound.modelfile import load_model_file
 from urbansound.models import create_model
 from urbansound.models.ensemble import SeedEnsemble
 from urbansound.training import fit as fit_module
@@ -120,27 +120,3 @@ def test_interrupted_ensemble_resumes_to_identical_weights(
     assert a.keys() == b.keys() and any(".members.1." in key for key in a)
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
-
-
-def test_onnx_export_of_an_ensemble_matches_pytorch(tmp_path: Path) -> None:
-    pytest.importorskip("onnxruntime", reason="the 'export' extra (onnxruntime) is not installed")
-    pytest.importorskip("onnx", reason="the 'export' extra (onnx) is not installed")
-    from urbansound.export import export_model, parity_inputs, reference_outputs, run_onnx
-
-    config = apply_recipe(RunConfig(), "default")
-    torch.manual_seed(4)
-    spec = ModelSpec(
-        audio=config.audio,
-        features=config.features,
-        model=ModelConfig(name="resnet", n_classes=10, kwargs={"widths": [8, 8, 16, 16]}, ensemble=3),
-        class_names=[f"class_{i}" for i in range(10)],
-    )
-    model = build_classifier(spec)
-    model.normalizer.set_statistics(torch.linspace(-60, -20, 128), torch.linspace(8, 15, 128))
-    path = save_model_file(tmp_path / "model.safetensors", model, spec)
-    result = export_model(path, "onnx")
-    loaded, spec = load_model_file(path)
-    assert isinstance(loaded.backbone, SeedEnsemble) and len(loaded.backbone.members) == 3
-    audio = parity_inputs(spec, n=2, seed=1)
-    _, probabilities = reference_outputs(loaded, audio)
-    np.testing.assert_allclose(run_onnx(result.path, audio)[1], probabilities, atol=1e-4, rtol=0)

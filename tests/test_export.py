@@ -23,6 +23,7 @@ from urbansound.export import (
     run_torchscript,
 )
 from urbansound.modelfile import ModelSpec, build_classifier, load_model_file, save_model_file
+from urbansound.models.ensemble import SeedEnsemble
 
 onnxruntime = pytest.importorskip("onnxruntime", reason="the 'export' extra (onnxruntime) is not installed")
 onnx = pytest.importorskip("onnx", reason="the 'export' extra (onnx) is not installed")
@@ -103,18 +104,26 @@ def test_onnx_parity_at_full_size_with_gammatone(full_size_model: Path) -> None:
     np.testing.assert_allclose(run_onnx(result.path, audio)[1], probabilities, atol=ATOL, rtol=0)
 
 
-@pytest.mark.parametrize("model_name", ["resnet", "crnn"])
+@pytest.mark.parametrize(
+    "model_config",
+    [
+        ModelConfig(name="resnet", n_classes=10),
+        ModelConfig(name="crnn", n_classes=10),
+        ModelConfig(name="resnet", n_classes=10, kwargs={"widths": [8, 8, 16, 16]}, ensemble=3),
+    ],
+    ids=["resnet", "crnn", "resnet-ensemble3"],
+)
 def test_onnx_parity_for_the_default_recipe_families_with_a_clip_max_reference(
-    model_name: str, tmp_path: Path
+    model_config: ModelConfig, tmp_path: Path
 ) -> None:
     """The default recipe's front end (22.05 kHz, hop 1024, 128 mel, dB re each clip's maximum) with the
-    families it has used: residual convs, and a BiGRU with attention pooling."""
+    families it has used: residual convs, a BiGRU with attention pooling, and a seed ensemble."""
     config = apply_recipe(RunConfig(), "default")
     torch.manual_seed(2)
     spec = ModelSpec(
         audio=config.audio,
         features=dataclasses.replace(config.features, db_reference="clip_max"),
-        model=ModelConfig(name=model_name, n_classes=10),
+        model=model_config,
         class_names=[f"class_{i}" for i in range(10)],
     )
     model = build_classifier(spec)
@@ -122,6 +131,8 @@ def test_onnx_parity_for_the_default_recipe_families_with_a_clip_max_reference(
     path = save_model_file(tmp_path / "model.safetensors", model, spec)
     result = export_model(path, "onnx")
     loaded, spec = load_model_file(path)
+    if model_config.ensemble > 1:
+        assert isinstance(loaded.backbone, SeedEnsemble) and len(loaded.backbone.members) == 3
     audio = parity_inputs(spec, n=3, seed=5)
     loud = reference_outputs(loaded, audio[1:2])[1]
     audio[1] *= 0.05  # the same recording 26 dB quieter: with the clip_max reference it scores the same
