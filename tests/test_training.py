@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from safetensors.numpy import load_file
 
 from urbansound.config import AudioConfig, FeatureConfig, RunConfig, SplitConfig, TrainingConfig
@@ -222,3 +223,40 @@ def test_epoch_selection_criterion_picks_its_epoch(
 def test_unknown_selection_criterion_is_refused() -> None:
     with pytest.raises(ConfigError, match="select_epoch"):
         TrainingConfig(select_epoch="test_accuracy").validate()
+
+
+def test_resident_batches_are_the_loaders_batches_with_each_epochs_variant() -> None:
+    from urbansound.training.loop import FeatureDataset, ResidentFeatures, epoch_batches, make_loader
+
+    rng = np.random.default_rng(0)
+    features = rng.standard_normal((9, 4, 5)).astype(np.float16)  # the cache's float16 is served as float32
+    variants = rng.standard_normal((6, 3, 4, 5)).astype(np.float16)
+    data = FeatureDataset(features, list(range(9)), [0, 2, 3, 5, 7, 8], variants=variants, seed=2)
+    resident = ResidentFeatures(data, torch.device("cpu"))
+    for epoch in (1, 2):
+        data.set_epoch(epoch)
+        expected = list(make_loader(data, 4, shuffle=True, seed=2, epoch=epoch))
+        got = list(resident.batches(epoch_batches(data, 4, shuffle=True, seed=2, epoch=epoch)))
+        assert len(got) == len(expected) == 2
+        for (x, y), (ex, ey) in zip(got, expected, strict=True):
+            assert x.dtype == torch.float32
+            torch.testing.assert_close(x, ex, rtol=0, atol=0)
+            torch.testing.assert_close(y, ey, rtol=0, atol=0)
+    assert (data.choice > 0).any() and (data.choice == 0).any()  # both originals and variants were served
+
+
+def test_peak_learning_rate_grows_with_the_square_root_of_a_larger_batch(tiny_dataset: Path) -> None:
+    from urbansound.cli import build_parser, run_config_from_args
+
+    base = ["train", "--annotations", str(tiny_dataset / "metadata" / "UrbanSound8K.csv")]
+    base += ["--data", str(tiny_dataset / "audio")]
+
+    def lr_for(*flags: str) -> float:
+        return run_config_from_args(build_parser().parse_args([*base, *flags])).training.max_lr
+
+    recipe_lr = lr_for()  # the default recipe: batch 32, peak 2e-3
+    assert lr_for("--batch-size", "128") == pytest.approx(recipe_lr * 2)
+    assert lr_for("--batch-size", "1024") == pytest.approx(recipe_lr * 32**0.5)
+    assert lr_for("--batch-size", "16") == recipe_lr  # smaller batches keep the recipe's rate
+    assert lr_for("--batch-size", "128", "--lr", "1e-3") == 1e-3  # an explicit rate is never scaled
+    assert lr_for("--recipe", "seed", "--batch-size", "64") == pytest.approx(1e-3 * 2)

@@ -23,6 +23,7 @@ from urbansound.config import (
     TrainingConfig,
     apply_recipe,
     normalise_feature_kind,
+    scaled_peak_lr,
 )
 from urbansound.data.datasets import LAYOUTS
 from urbansound.errors import ConfigError, UrbanSoundError
@@ -205,7 +206,9 @@ def add_model_training_arguments(parser: argparse.ArgumentParser) -> None:
         "--batch_size",
         dest="batch_size",
         type=int,
-        help="global batch: under torchrun each of N processes takes batch-size / N clips",
+        help="global batch: under torchrun each of N processes takes batch-size / N clips; above the "
+        "recipe's batch the peak learning rate grows by sqrt(batch-size / recipe's batch), unless --lr "
+        "is given",
     )
     group.add_argument("--lr", "--max-lr", dest="max_lr", type=float, help="peak learning rate")
     group.add_argument("--scheduler", choices=SCHEDULERS, help="onecycle (seed: Adam) or cosine (AdamW)")
@@ -322,10 +325,13 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
     )
     apply_recipe(config, args.recipe)
     recipe_model = config.model.name
+    recipe_batch, recipe_lr = config.training.batch_size, config.training.max_lr
     for dest, (section, name) in RECIPE_FLAGS.items():
         value = getattr(args, dest, None)
         if value is not None:
             setattr(getattr(config, section), name, value)
+    if getattr(args, "max_lr", None) is None:
+        config.training.max_lr = scaled_peak_lr(recipe_lr, recipe_batch, config.training.batch_size)
     config.features.kind = normalise_feature_kind(config.features.kind)
     if config.model.name != recipe_model:
         config.model.kwargs = {}  # the recipe's options belong to the recipe's model

@@ -345,6 +345,22 @@ def _default_recipe(config: RunConfig) -> None:
 RECIPES = {"seed": _seed_recipe, "default": _default_recipe}
 
 
+def scaled_peak_lr(recipe_lr: float, recipe_batch: int, batch_size: int) -> float:
+    """The peak learning rate for ``batch_size`` when the recipe's was tuned at ``recipe_batch``.
+
+    Above the recipe's batch the rate grows with the square root of the batch ratio: the scaling rule for
+    Adam-type optimisers (Malladi et al., 2022, "On the SDEs and scaling rules for adaptive gradient
+    algorithms"; Krizhevsky, 2014), under which a k-times larger batch with sqrt(k) times the rate follows
+    the same trajectory to first order. The linear rule (Goyal et al., 2017) is SGD's and overshoots with
+    Adam. At or below the recipe's batch the recipe's rate is kept: smaller batches are noisier, not
+    unstable, at that rate. Both schedules warm up (one-cycle by construction, cosine over 5% of steps),
+    which the larger rate needs.
+    """
+    if batch_size <= recipe_batch:
+        return recipe_lr
+    return recipe_lr * (batch_size / recipe_batch) ** 0.5
+
+
 def apply_recipe(config: RunConfig, name: str) -> RunConfig:
     """Overwrite ``config``'s audio, feature, model, training and augmentation settings with recipe ``name``
     (data paths and split are kept) and record the recipe's name."""

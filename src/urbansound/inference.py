@@ -24,6 +24,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import threading
@@ -168,6 +169,11 @@ def decode_loader(paths: Sequence[Path], sample_rate: int, num_workers: int) -> 
     )
 
 
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """``cuda`` and ``cuda:0`` name one device when the current device is 0; an unindexed name matches any."""
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
 class Predictor:
     """A loaded model plus the windowing that applies it to recordings of any length.
 
@@ -177,7 +183,10 @@ class Predictor:
 
     def __init__(self, model: AudioClassifier, spec: ModelSpec, device: str | torch.device = "cpu") -> None:
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+        # A model elsewhere is copied to ``device``: ``nn.Module.to`` moves in place, which would move the
+        # caller's model under them (and their next CPU input would meet CUDA weights).
+        on_device = all(_same_device(t.device, self.device) for t in (*model.parameters(), *model.buffers()))
+        self.model = (model if on_device else copy.deepcopy(model).to(self.device)).eval()
         self.spec = spec
         self.class_names = list(spec.class_names)
         self.sample_rate = spec.audio.sample_rate  # Hz

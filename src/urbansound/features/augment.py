@@ -1,9 +1,11 @@
 """Data augmentation: audio-level variants (computed once into the cache), SpecAugment, mixup.
 
 Audio level (Salamon & Bello, 2017): time stretch, pitch shift, a circular time shift, a gain change and
-white noise at a random SNR. Stretch and pitch shift cost tens of milliseconds per clip, too much to redo
-every epoch on a CPU, so :func:`make_variant` is run a fixed number of times per clip by the feature cache
-and each epoch picks one stored version per clip (see :class:`urbansound.training.loop.FeatureDataset`).
+white noise at a random SNR. :func:`make_variants` computes them in batched torch (phase vocoder and
+resampling in :mod:`urbansound.features.stretch`), on the GPU when training on one. Stretch and pitch shift
+still cost milliseconds per clip on a CPU, too much to redo every epoch there, so the feature cache stores a
+fixed number of variants per clip and each epoch picks one stored version per clip (see
+:class:`urbansound.training.loop.FeatureDataset`).
 
 Spectrogram level: :class:`SpecAugment` (Park et al., 2019) masks random bands and frames of the normalised
 features, active only in training mode, as in EfficientAT; :func:`mixup_batch` (Zhang et al., 2018) mixes
@@ -15,25 +17,14 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
 from urbansound.config import AugmentConfig
-from urbansound.errors import ConfigError
-
-
-def _librosa():  # type: ignore[no-untyped-def]
-    """librosa's phase-vocoder stretch and pitch shift; optional, needed only to precompute variants."""
-    try:
-        import librosa
-    except ImportError:
-        raise ConfigError(
-            "audio augmentation variants (--aug-variants) need librosa: pip install 'urbansound[augment]' "
-            "(or train without them: --aug-variants 0)"
-        ) from None
-    return librosa
 
 
 def variant_rng(key: str, variant: int, seed: int = 0) -> np.random.Generator:
@@ -43,41 +34,91 @@ def variant_rng(key: str, variant: int, seed: int = 0) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
-def make_variant(
-    waveform: np.ndarray, sample_rate: int, config: AugmentConfig, rng: np.random.Generator
-) -> np.ndarray:
-    """One randomly transformed copy of a clip, the same length as the input.
+@dataclass
+class VariantDraw:
+    """The random choices of one variant of one clip, drawn from :func:`variant_rng` in a fixed order."""
+
+    rate: float | None  # time-stretch factor, None when stretching is off
+    semitones: float | None  # pitch shift, None when off
+    shift: int  # circular shift in samples
+    gain: float  # linear gain factor
+    snr_db: float | None  # white-noise SNR, None when noise is off
+    noise: np.ndarray | None  # (samples,) unit white noise, None when noise is off
+
+
+def draw_variant(config: AugmentConfig, rng: np.random.Generator, n_samples: int) -> VariantDraw:
+    """Every random choice of one variant, in the order stretch, pitch, shift, gain, noise."""
+    rate = float(rng.choice(config.time_stretch)) if config.time_stretch else None
+    semitones = float(rng.choice(config.pitch_shift)) if config.pitch_shift else None
+    limit = int(config.time_shift * n_samples)
+    shift = int(rng.integers(-limit, limit + 1)) if config.time_shift > 0 else 0
+    gain = float(10 ** (rng.uniform(-config.gain_db, config.gain_db) / 20)) if config.gain_db > 0 else 1.0
+    snr_db, noise = None, None
+    if config.noise_snr_db is not None:
+        snr_db = float(rng.uniform(*config.noise_snr_db))
+        noise = rng.standard_normal(n_samples).astype(np.float32)
+    return VariantDraw(rate, semitones, shift, gain, snr_db, noise)
+
+
+def _fix_length(waveforms: torch.Tensor, n_samples: int) -> torch.Tensor:
+    """Cut ``(rows, samples)`` to ``n_samples`` or right-pad with zeros (librosa's ``fix_length``)."""
+    if waveforms.shape[-1] >= n_samples:
+        return waveforms[..., :n_samples]
+    return nn.functional.pad(waveforms, (0, n_samples - waveforms.shape[-1]))
+
+
+def _apply_by_value(
+    waveforms: torch.Tensor,
+    values: list[float | None],
+    transform: Callable[[torch.Tensor, float], torch.Tensor],
+) -> torch.Tensor:
+    """Apply ``transform(rows, value)`` to the rows sharing each value: one batched call per distinct
+    factor (4 stretch rates, 8 semitone steps in the default recipe) instead of one call per row."""
+    out = waveforms.clone()
+    for value in sorted({v for v in values if v is not None}):
+        rows = torch.tensor([i for i, v in enumerate(values) if v == value], device=waveforms.device)
+        out[rows] = transform(waveforms[rows], value)
+    return out
+
+
+def make_variants(
+    waveforms: torch.Tensor, keys: Sequence[str], config: AugmentConfig, sample_rate: int, seed: int = 0
+) -> torch.Tensor:
+    """``config.variants`` randomly transformed copies of each clip, computed in batches on the device of
+    ``waveforms`` (a GPU when training on one).
+
+    Salamon & Bello's (2017) audio augmentation: time stretch (phase vocoder, cut or padded back to the clip
+    length), pitch shift, a circular time shift, a gain change and white noise at a random SNR, in that
+    order. Variant ``v`` of clip ``keys[i]`` draws every choice from ``variant_rng(keys[i], v, seed)``, so it
+    is the same whichever batch, run or process computes it.
 
     Args:
-        waveform: float32 mono samples ``(samples,)`` at ``sample_rate`` Hz, already fixed to clip length.
-        config: factors to draw from (stretch rates, semitones, max shift share, max gain dB, SNR range).
-        rng: source of every random choice (see :func:`variant_rng`).
+        waveforms: float32 ``(clips, samples)`` at ``sample_rate`` Hz, already fixed to clip length.
+        keys: one cache key per clip (:func:`urbansound.features.cache.file_key`).
 
     Returns:
-        float32 ``(samples,)``.
+        float32 ``(clips, variants, samples)`` on the device of ``waveforms``, clipped to [-1, 1].
     """
-    n = waveform.shape[-1]
-    y = waveform.astype(np.float32, copy=True)
-    if config.time_stretch or config.pitch_shift:
-        librosa = _librosa()
-        if config.time_stretch:
-            rate = float(rng.choice(config.time_stretch))
-            y = librosa.effects.time_stretch(y, rate=rate)
-            y = y[:n] if y.shape[-1] >= n else np.pad(y, (0, n - y.shape[-1]))
-        if config.pitch_shift:
-            steps = float(rng.choice(config.pitch_shift))
-            y = librosa.effects.pitch_shift(y, sr=sample_rate, n_steps=steps)
+    from urbansound.features.stretch import pitch_shift, time_stretch
+
+    n_clips, n = waveforms.shape
+    draws = [draw_variant(config, variant_rng(k, v, seed), n) for k in keys for v in range(config.variants)]
+    y = waveforms.float().repeat_interleave(config.variants, dim=0)  # (clips * variants, samples)
+    y = _apply_by_value(y, [d.rate for d in draws], lambda x, r: _fix_length(time_stretch(x, r), n))
+    y = _apply_by_value(y, [d.semitones for d in draws], lambda x, s: pitch_shift(x, sample_rate, s))
+    device = waveforms.device
     if config.time_shift > 0:
-        # Circular: the padded tail of a short clip wraps to the front, so the event moves inside the window.
-        y = np.roll(y, int(rng.integers(-int(config.time_shift * n), int(config.time_shift * n) + 1)))
-    if config.gain_db > 0:
-        y = y * np.float32(10 ** (rng.uniform(-config.gain_db, config.gain_db) / 20))
+        # Circular (np.roll): the padded tail of a short clip wraps to the front, so the event moves inside
+        # the window. out[j] = y[(j - shift) % n].
+        shifts = torch.tensor([d.shift for d in draws], device=device)
+        y = y.gather(1, (torch.arange(n, device=device)[None, :] - shifts[:, None]) % n)
+    y = y * torch.tensor([d.gain for d in draws], device=device, dtype=torch.float32)[:, None]
     if config.noise_snr_db is not None:
-        power = float(np.mean(np.square(y)))
-        if power > 0:
-            snr = rng.uniform(*config.noise_snr_db)
-            y = y + rng.standard_normal(n).astype(np.float32) * np.float32(np.sqrt(power / 10 ** (snr / 10)))
-    return np.clip(y, -1.0, 1.0).astype(np.float32, copy=False)
+        power = y.square().mean(dim=1, keepdim=True)  # (rows, 1); silent rows get no noise
+        snr = torch.tensor([d.snr_db for d in draws], device=device, dtype=torch.float32)[:, None]
+        noise = torch.from_numpy(np.stack([d.noise for d in draws])).to(device)
+        y = y + noise * torch.sqrt(power / 10 ** (snr / 10))
+    return y.clamp(-1.0, 1.0).reshape(n_clips, config.variants, n)
 
 
 class SpecAugment(nn.Module):

@@ -39,6 +39,41 @@ logger = logging.getLogger(__name__)
 
 # Bump when the feature code changes its output for the same settings: old entries then stop matching.
 FEATURE_CODE_VERSION = 1
+# Bump when the variant code changes its output for the same settings.
+VARIANT_ENGINE_VERSION = 2
+
+
+class _Progress:
+    """Progress of a build: a tqdm bar on a terminal, and a log line (clips, rate, ETA) every ``log_every``
+    clips otherwise, so logs of CI, make or a nohup'd run also say how far a long build is."""
+
+    def __init__(self, total: int, desc: str, progress: bool, log_every: int = 1000) -> None:
+        self.total, self.desc, self.log_every = total, desc, log_every
+        self.enabled = progress
+        # disable=None: tqdm draws only on a terminal.
+        self.bar = tqdm(total=total, desc=desc, unit="clip", disable=None if progress else True, leave=False)
+        self.started, self.done, self.next_log = time.perf_counter(), 0, log_every
+
+    def update(self, n: int) -> None:
+        self.bar.update(n)
+        self.done += n
+        if self.enabled and self.bar.disable and (self.done >= self.next_log or self.done == self.total):
+            rate = self.done / max(time.perf_counter() - self.started, 1e-9)
+            logger.info(
+                "%s: %d/%d clips, %.1f clips/s, ETA %.0f s",
+                self.desc,
+                self.done,
+                self.total,
+                rate,
+                (self.total - self.done) / rate,
+            )
+            while self.next_log <= self.done:
+                self.next_log += self.log_every
+
+    def close(self) -> float:
+        """Close the bar and return the seconds since the start."""
+        self.bar.close()
+        return time.perf_counter() - self.started
 
 
 def settings_hash(audio: AudioConfig, features: FeatureConfig, dtype: str = "float32") -> str:
@@ -58,6 +93,12 @@ def file_key(path: Path) -> str:
     stat = path.stat()
     text = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
     return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def to_host(tensor: torch.Tensor, dtype: type[np.floating]) -> np.ndarray:
+    """A device tensor as a host array of ``dtype``: the one place where computed features leave the device
+    (tests stand a shape-only device in here)."""
+    return tensor.detach().cpu().numpy().astype(dtype, copy=False)
 
 
 def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
@@ -115,38 +156,6 @@ def _identity(batch: _ClipBatch) -> _ClipBatch:
     return batch
 
 
-class _VariantDataset(Dataset):
-    """Decodes a clip and makes its augmented variants in DataLoader workers (the costly, CPU-bound part)."""
-
-    def __init__(
-        self,
-        paths: Sequence[Path],
-        keys: Sequence[str],
-        audio: AudioConfig,
-        augment: AugmentConfig,
-        seed: int,
-    ) -> None:
-        self.paths, self.keys = list(paths), list(keys)
-        self.audio, self.augment, self.seed = audio, augment, seed
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> tuple[int, np.ndarray | None, str]:
-        from urbansound.features.augment import make_variant, variant_rng
-
-        wav, reason = load_audio_or_reason(self.paths[index], self.audio.sample_rate, self.audio.n_samples)
-        if wav is None:
-            return index, None, reason
-        variants = [
-            make_variant(
-                wav, self.audio.sample_rate, self.augment, variant_rng(self.keys[index], v, self.seed)
-            )
-            for v in range(self.augment.variants)
-        ]
-        return index, np.stack(variants), ""  # (variants, samples)
-
-
 def variants_hash(augment: AugmentConfig, seed: int) -> str:
     """Identity of the audio-level augmentation settings (SpecAugment and mixup do not change variants)."""
     payload = {
@@ -157,12 +166,10 @@ def variants_hash(augment: AugmentConfig, seed: int) -> str:
         "gain_db": augment.gain_db,
         "noise_snr_db": augment.noise_snr_db,
         "seed": seed,
+        # Which stretch and pitch-shift code made them: batched torch replaced librosa's in version 2.
+        "engine": VARIANT_ENGINE_VERSION,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _collate(items: list[tuple[int, np.ndarray | None, str]]) -> list[tuple[int, np.ndarray | None, str]]:
-    return items
 
 
 @dataclass
@@ -251,7 +258,7 @@ class FeatureCache:
         if num_workers is None:
             num_workers = min(len(paths) // batch_size, os.cpu_count() or 1)
         on_cpu = device.type == "cpu"
-        frontend = self.frontend if on_cpu else self.frontend.to(device)
+        frontend = self.frontend_on(device)
         loader = DataLoader(
             _ClipDataset(paths, self.audio, frontend if on_cpu else None),
             batch_size=batch_size,
@@ -261,36 +268,30 @@ class FeatureCache:
         )
         failed: dict[int, Problem] = {}
         out_dtype = np.float16 if self.dtype == "float16" else np.float32
-        # disable=None: tqdm draws only on a terminal; in logs (CI, make) a line per 1000 clips says progress.
-        bar = tqdm(
-            total=len(paths), desc="features", unit="clip", disable=None if progress else True, leave=False
-        )
-        started, done, next_log = time.perf_counter(), 0, 1000
+        bar = _Progress(len(paths), "features", progress)
         with torch.inference_mode():
             for batch in loader:
                 for i, message in batch.errors.items():
                     failed[i] = Problem(paths[i].name, message)
                     logger.error("%s", message)
                 if batch.tensor is not None:
-                    features = batch.tensor if on_cpu else frontend(batch.tensor.to(device)).cpu()
-                    for i, feature in zip(batch.positions, features.numpy().astype(out_dtype), strict=True):
+                    features = batch.tensor if on_cpu else frontend(batch.tensor.to(device))
+                    for i, feature in zip(batch.positions, to_host(features, out_dtype), strict=True):
                         _atomic_save_npy(self.entry_path(keys[i]), feature)
-                n_batch = len(batch.positions) + len(batch.errors)
-                bar.update(n_batch)
-                done += n_batch
-                if progress and bar.disable and done >= next_log:
-                    rate = done / (time.perf_counter() - started)
-                    logger.info(
-                        "features: %d/%d clips, %.0f clips/s, ETA %.0f s",
-                        done,
-                        len(paths),
-                        rate,
-                        (len(paths) - done) / rate,
-                    )
-                    next_log += 1000
+                bar.update(len(batch.positions) + len(batch.errors))
         bar.close()
         logger.info("computed features of %d clip(s) into %s", len(paths) - len(failed), self.directory)
         return failed
+
+    def frontend_on(self, device: torch.device) -> SpectrogramFrontend:
+        """The cache's front end on ``device``: the CPU one itself, a new copy for any other device.
+
+        Never ``self.frontend.to(device)``: that moves the shared module in place, and the next caller that
+        feeds it CPU waveforms fails (stft input and window on different devices).
+        """
+        if device.type == "cpu":
+            return self.frontend
+        return SpectrogramFrontend(self.features, self.audio.sample_rate).to(device)
 
     def variant_path(self, key: str, augment: AugmentConfig, seed: int) -> Path:
         return self.directory / "variants" / variants_hash(augment, seed) / key[:2] / f"{key}.npy"
@@ -302,12 +303,16 @@ class FeatureCache:
         seed: int = 0,
         num_workers: int | None = None,
         progress: bool = True,
+        device: str | torch.device | None = None,
+        batch_size: int = 8,
     ) -> np.ndarray:
         """Features of ``augment.variants`` augmented copies of each clip, computed once and cached.
 
         Each clip's variants are stored as one entry ``(variants, n_bands, frames)`` keyed by (file, feature
         settings, augmentation settings, seed); a variant's random draws depend on (file, variant number,
-        seed) only, so every fold and run that trains on a clip sees the same variants.
+        seed) only, so every fold and run that trains on a clip sees the same variants. Clips are decoded in
+        DataLoader workers; the variants (:func:`~urbansound.features.augment.make_variants`) and their
+        features are computed on ``device`` (default CPU), ``batch_size`` clips at a time.
 
         Returns:
             a read-only memory map ``(len(paths), variants, n_bands, frames)`` in the order of ``paths``.
@@ -318,39 +323,15 @@ class FeatureCache:
         keys = [file_key(p) for p in paths]
         todo = [i for i, k in enumerate(keys) if not self.variant_path(k, augment, seed).exists()]
         if todo:
-            if augment.time_stretch or augment.pitch_shift:
-                from urbansound.features.augment import _librosa
-
-                _librosa()  # fail here with install advice, not per clip inside the workers
-            if num_workers is None:
-                num_workers = min(len(todo) // 8, os.cpu_count() or 1)
-            loader = DataLoader(
-                _VariantDataset([paths[i] for i in todo], [keys[i] for i in todo], self.audio, augment, seed),
-                batch_size=1,
-                num_workers=num_workers,
-                collate_fn=_collate,
-            )
-            out_dtype = np.float16 if self.dtype == "float16" else np.float32
-            bar = tqdm(
-                total=len(todo), desc="augment", unit="clip", disable=None if progress else True, leave=False
-            )
-            started = time.perf_counter()
-            with torch.inference_mode():
-                for items in loader:
-                    for i, waves, message in items:
-                        if waves is None:
-                            raise DataError(message)
-                        features = (
-                            self.frontend(torch.from_numpy(waves)).numpy().astype(out_dtype, copy=False)
-                        )
-                        _atomic_save_npy(self.variant_path(keys[todo[i]], augment, seed), features)
-                    bar.update(len(items))
-            bar.close()
-            logger.info(
-                "computed %d augmented variant(s) of %d clip(s) in %.0f s",
-                augment.variants,
-                len(todo),
-                time.perf_counter() - started,
+            self._compute_variants(
+                [paths[i] for i in todo],
+                [keys[i] for i in todo],
+                augment,
+                seed,
+                num_workers,
+                progress,
+                torch.device(device or "cpu"),
+                batch_size,
             )
         digest = hashlib.sha256("\n".join([variants_hash(augment, seed), *keys]).encode()).hexdigest()[:24]
         path = self.directory / "packs" / f"variants-{digest}.npy"
@@ -363,6 +344,59 @@ class FeatureCache:
                 packed.flush()
                 del packed
         return np.load(path, mmap_mode="r")
+
+    def _compute_variants(
+        self,
+        paths: list[Path],
+        keys: list[str],
+        augment: AugmentConfig,
+        seed: int,
+        num_workers: int | None,
+        progress: bool,
+        device: torch.device,
+        batch_size: int,
+    ) -> None:
+        from urbansound.features.augment import make_variants
+
+        if num_workers is None:
+            num_workers = min(len(paths) // (4 * batch_size), os.cpu_count() or 1)
+        loader = DataLoader(
+            _ClipDataset(paths, self.audio, None),
+            batch_size=batch_size,
+            num_workers=num_workers,
+            collate_fn=_identity,
+            prefetch_factor=4 if num_workers else None,
+        )
+        frontend = self.frontend_on(device)
+        out_dtype = np.float16 if self.dtype == "float16" else np.float32
+        logger.info(
+            "computing %d augmented variant(s) of %d training clip(s) on %s",
+            augment.variants,
+            len(paths),
+            device,
+        )
+        bar = _Progress(len(paths), "augment", progress, log_every=200)
+        with torch.inference_mode():
+            for batch in loader:
+                if batch.errors:
+                    raise DataError(next(iter(batch.errors.values())))
+                assert batch.tensor is not None
+                batch_keys = [keys[i] for i in batch.positions]
+                waves = make_variants(
+                    batch.tensor.to(device), batch_keys, augment, self.audio.sample_rate, seed
+                )
+                features = frontend(waves.flatten(0, 1)).unflatten(
+                    0, waves.shape[:2]
+                )  # (clips, V, bands, frames)
+                for key, feature in zip(batch_keys, to_host(features, out_dtype), strict=True):
+                    _atomic_save_npy(self.variant_path(key, augment, seed), feature)
+                bar.update(len(batch.positions))
+        logger.info(
+            "computed %d augmented variant(s) of %d clip(s) in %.0f s",
+            augment.variants,
+            len(paths),
+            bar.close(),
+        )
 
     def _pack(self, keys: list[str], failed: set[int]) -> np.ndarray:
         """Stack the entries of ``keys`` into one .npy, written once and memory-mapped read-only, so

@@ -26,7 +26,13 @@ from urbansound.training.distributed import (
     reduce_epoch_stats,
 )
 from urbansound.training.hardware import prepare_model
-from urbansound.training.loop import FeatureDataset, make_loader, train_one_epoch
+from urbansound.training.loop import (
+    FeatureDataset,
+    ResidentFeatures,
+    epoch_batches,
+    make_loader,
+    train_one_epoch,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +123,7 @@ def fit(
     context: DistributedContext | None = None,
     mixup_alpha: float = 0.0,
     mixup_domain: str = "db",
+    resident_data: bool | None = None,
 ) -> FitResult:
     """Train for ``config.epochs`` epochs, keeping the epoch ``config.select_epoch`` picks (by default the
     best validation accuracy).
@@ -129,6 +136,10 @@ def fit(
     Under torchrun (``context`` distributed) every rank calls this: ``config.batch_size`` is the global
     batch, each rank trains on its share through DDP, metrics are summed over ranks, and only rank 0 writes
     the checkpoint and history. Every rank resumes from the same checkpoint.
+
+    ``resident_data`` (default: on any device but the CPU) holds the training features in device memory and
+    draws batches by index there (:class:`~urbansound.training.loop.ResidentFeatures`) instead of through a
+    DataLoader; the batches are the same, so results and resumes do not depend on the choice.
     """
     context = context or DistributedContext(device=device)
     runner = prepare_model(model, context, config.precision, config.compile)
@@ -182,19 +193,28 @@ def fit(
         if _should_stop(history, best_epoch, config):
             start_epoch = config.epochs + 1
 
+    if resident_data is None:
+        # On the CPU the memory map already is host memory (the page cache): a batch is one slice of it.
+        resident_data = device.type != "cpu"
+    resident = ResidentFeatures(train_set, device) if resident_data and start_epoch <= config.epochs else None
     stopped_early = False
     started = time.perf_counter()
     for epoch in range(start_epoch, config.epochs + 1):
         batch_sampler = sampler_for(epoch)
-        loader = make_loader(
-            train_set,
-            config.batch_size,
-            shuffle=True,
-            seed=config.seed,
-            epoch=epoch,
-            num_workers=config.num_workers,
-            batch_sampler=batch_sampler,
-        )
+        if resident is not None:
+            loader = resident.batches(
+                batch_sampler or epoch_batches(train_set, config.batch_size, True, config.seed, epoch)
+            )
+        else:
+            loader = make_loader(
+                train_set,
+                config.batch_size,
+                shuffle=True,
+                seed=config.seed,
+                epoch=epoch,
+                num_workers=config.num_workers,
+                batch_sampler=batch_sampler,
+            )
         train_set.set_epoch(epoch)  # which precomputed audio variant each clip uses this epoch
         lr = scheduler.get_last_lr()[0]
         stats = train_one_epoch(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,6 +82,24 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 100_003 + epoch)
 
 
+def epoch_batches(
+    dataset: Dataset,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+    epoch: int = 0,
+    sampler: Sampler[int] | None = None,
+) -> Sampler[list[int]]:
+    """The batches of positions of one epoch: shuffled by a generator of (seed, epoch) alone, so a resumed
+    run sees the same batches, whichever of the two data paths (loader or device-resident) serves them."""
+    if sampler is None:
+        if shuffle:
+            sampler = RandomSampler(dataset, generator=epoch_generator(seed, epoch))
+        else:
+            sampler = SequentialSampler(dataset)
+    return BatchSampler(sampler, batch_size=batch_size, drop_last=False)
+
+
 def make_loader(
     dataset: FeatureDataset,
     batch_size: int,
@@ -96,13 +114,8 @@ def make_loader(
 
     ``batch_sampler`` (e.g. a rank's share of the global batches) replaces the shuffle and ``batch_size``.
     """
-    if sampler is None:
-        if shuffle:
-            sampler = RandomSampler(dataset, generator=epoch_generator(seed, epoch))
-        else:
-            sampler = SequentialSampler(dataset)
     if batch_sampler is None:
-        batch_sampler = BatchSampler(sampler, batch_size=batch_size, drop_last=False)
+        batch_sampler = epoch_batches(dataset, batch_size, shuffle, seed, epoch, sampler)
     return DataLoader(
         dataset,
         sampler=batch_sampler,
@@ -110,6 +123,76 @@ def make_loader(
         num_workers=num_workers,
         pin_memory=torch.cuda.is_available(),
     )
+
+
+def _device_copy(
+    array: np.ndarray, rows: np.ndarray | None, device: torch.device, chunk: int = 512
+) -> torch.Tensor:
+    """``array[rows]`` (or all of it) as one tensor on ``device``, copied ``chunk`` clips at a time so a
+    memory map is never read whole into host memory first."""
+    n = len(rows) if rows is not None else array.shape[0]
+    out = torch.empty(
+        (n, *array.shape[1:]), dtype=torch.from_numpy(np.empty(0, array.dtype)).dtype, device=device
+    )
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        block = array[rows[start:stop]] if rows is not None else array[start:stop]
+        out[start:stop] = torch.from_numpy(np.array(block)).to(device)  # a copy: memory maps are read-only
+    return out
+
+
+class ResidentFeatures:
+    """A :class:`FeatureDataset` held in device memory: features, variants and labels are copied to
+    ``device`` once (in the cache's dtype: all of UrbanSound8K at the default settings is ~200 MB in
+    float16), and each batch is gathered by index there, with no DataLoader, worker or host-to-device copy
+    per step. Batches hold exactly the values the loader path would serve, in the same order.
+    """
+
+    def __init__(self, dataset: FeatureDataset, device: torch.device) -> None:
+        self.dataset = dataset
+        self.device = device
+        self.features = _device_copy(dataset.features, dataset.indices, device)  # (clips, n_bands, frames)
+        self.labels = torch.from_numpy(dataset.labels[dataset.indices]).to(device)  # (clips,)
+        # (clips, n_variants, n_bands, frames), row i holding the variants of clip i, or None
+        self.variants = _device_copy(dataset.variants, None, device) if dataset.variants is not None else None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def batches(self, batch_sampler: Sampler[list[int]]) -> ResidentBatches:
+        """An iterable of ``(features float32 (batch, n_bands, frames), labels (batch,))`` on the device."""
+        return ResidentBatches(self, batch_sampler)
+
+    def gather(self, positions: torch.Tensor, choice: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch at ``positions`` (device indices), each clip in the version ``choice`` picks
+        (0: original, k: variant k - 1), as :meth:`FeatureDataset.__getitem__` would serve it."""
+        x = self.features[positions]  # (batch, n_bands, frames)
+        if self.variants is not None:
+            picked = choice[positions]  # (batch,)
+            variant = self.variants[positions, (picked - 1).clamp_min(0)]  # (batch, n_bands, frames)
+            x = torch.where((picked > 0)[:, None, None], variant, x)
+        return x.float(), self.labels[positions]
+
+
+class ResidentBatches:
+    """One epoch of :class:`ResidentFeatures` batches; reads the dataset's variant choice when iterated,
+    so ``set_epoch`` may come after it is made (as with a DataLoader)."""
+
+    def __init__(self, resident: ResidentFeatures, batch_sampler: Sampler[list[int]]) -> None:
+        self.resident, self.batch_sampler = resident, batch_sampler
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        device = self.resident.device
+        choice = torch.from_numpy(self.resident.dataset.choice).to(device)
+        # Iterating a DataLoader draws its workers' base seed from torch's global generator; drawing it here
+        # too leaves that generator (SpecAugment's masks, mixup's pairs) where the loader path leaves it, so
+        # both paths train to the same weights and a checkpoint of one resumes exactly in the other.
+        torch.empty((), dtype=torch.int64).random_()
+        for positions in self.batch_sampler:
+            yield self.resident.gather(torch.as_tensor(positions, device=device), choice)
 
 
 @dataclass
@@ -123,7 +206,7 @@ class EpochStats:
 
 def train_one_epoch(
     model: AudioClassifier,
-    loader: DataLoader,
+    loader: DataLoader | Iterable[tuple[torch.Tensor, torch.Tensor]],
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None,
     device: torch.device,
@@ -146,7 +229,9 @@ def train_one_epoch(
     """
     criterion = criterion or nn.CrossEntropyLoss()
     model.train()
-    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    # float64 sums where the device has them (MPS has no float64)
+    sum_dtype = torch.float32 if device.type == "mps" else torch.float64
+    total_loss = torch.zeros((), dtype=sum_dtype, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     seen = step = 0
     wait = 0.0
@@ -184,7 +269,7 @@ def train_one_epoch(
             scheduler.step()
         if after_step is not None:
             after_step()
-        total_loss += loss.detach().double() * labels.shape[0]
+        total_loss += loss.detach().to(sum_dtype) * labels.shape[0]
         correct += (logits.detach().argmax(1) == labels).sum()
         seen += labels.shape[0]
         step += 1

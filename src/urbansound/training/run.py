@@ -72,8 +72,8 @@ class PreparedData:
 def prepare_data(
     config: RunConfig, progress: bool = True, device: str | torch.device | None = None
 ) -> PreparedData:
-    """Validate the metadata, split it, and make sure every clip of the split has cached features
-    (computed on ``device``, default CPU).
+    """Validate the metadata, split it, and make sure every clip of the split has cached features and every
+    training clip its augmentation variants (both computed on ``device``, default CPU).
 
     Clips whose audio cannot be decoded stop the run with a list of them (their features aside, every
     computed entry is kept in the cache), or are dropped with ``skip_bad``.
@@ -122,6 +122,7 @@ def prepare_data(
             config.augment,
             seed=config.training.seed,
             progress=progress,
+            device=device,
         )
     return PreparedData(index=index, split=split, features=cached.array, labels=labels, variants=variants)
 
