@@ -14,7 +14,8 @@
 
 Without ``--annotations`` a synthetic set of the full dataset's size is written first (8,730 clips: 10
 classes x 97 recordings x 9 slices, 22.05 kHz mono 4 s). Without CUDA it says so and exits 0;
-``--device cpu --clips 200 --batches 32 --crossval-folds 2`` runs the same steps small on a CPU, to check
+``--device cpu --clips 180 --batches 32 --steps 3 --variant-clips 16 --crossval-folds 2 --crossval-epochs 1``
+runs the same steps small on a CPU, to check
 the script itself.
 """
 
@@ -159,11 +160,15 @@ def throughput(
             )
 
 
-def crossval_time(annotations: Path, data: Path, workdir: Path, device: torch.device, folds: int) -> None:
+def crossval_time(
+    annotations: Path, data: Path, workdir: Path, device: torch.device, folds: int, epochs: int | None
+) -> None:
     """Wall time of a cold-cache ``urbansound crossval`` with one member, and the 4-member projection."""
     command = [sys.executable, "-m", "urbansound", "crossval", "--annotations", str(annotations)]
     command += ["--data", str(data), "--ensemble", "1", "--device", str(device), "--quiet"]
     command += ["--cache-dir", str(workdir / "cache-crossval"), "--runs-dir", str(workdir / "runs")]
+    if epochs is not None:
+        command += ["--epochs", str(epochs)]
     if folds < 10:
         command += ["--folds", ",".join(str(k) for k in range(1, folds + 1))]
     prepare = _prepare_seconds(annotations, data, workdir, device)
@@ -205,6 +210,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=40, help="training steps timed per model and batch")
     parser.add_argument("--variant-clips", type=int, default=1000)
     parser.add_argument("--crossval-folds", type=int, default=10)
+    parser.add_argument("--crossval-epochs", type=int, help="default: the recipe's")
     parser.add_argument("--compile", action="store_true", help="also torch.compile the model")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -223,7 +229,7 @@ def main() -> int:
         labels = [r.class_id for r in index.records]
         batches = [int(b) for b in args.batches.split(",")]
         throughput(features, labels, device, batches, args.steps, args.compile)
-        crossval_time(annotations, data, workdir, device, args.crossval_folds)
+        crossval_time(annotations, data, workdir, device, args.crossval_folds, args.crossval_epochs)
     return 0
 
 

@@ -123,3 +123,25 @@ def test_dataset_pickles_the_memory_map_by_name(tiny_dataset: Path, tmp_path: Pa
     assert isinstance(copy.features, np.memmap)
     for a, b in zip(copy[[0, 2]], dataset[[0, 2]], strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_cpu_training_runs_convolutions_channels_last_with_the_same_outputs() -> None:
+    from urbansound.features.frontend import AudioClassifier, BandNormalizer, SpectrogramFrontend
+    from urbansound.models import create_model
+    from urbansound.training.distributed import DistributedContext
+
+    torch.manual_seed(0)
+    model = AudioClassifier(
+        SpectrogramFrontend(FeatureConfig(n_fft=256, hop_length=128, n_mels=16), 8000),
+        BandNormalizer(16),
+        create_model("resnet", n_classes=3, n_bands=16, widths=[4, 8, 8, 8]),
+    ).eval()
+    features = torch.randn(4, 16, 32)
+    with torch.no_grad():
+        expected = model.classify_features(features)
+    runner = hardware.prepare_model(model, DistributedContext(device=torch.device("cpu")))
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    runner.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(runner.classify_features(features), expected, rtol=1e-4, atol=1e-5)
