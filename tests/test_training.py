@@ -260,3 +260,40 @@ def test_peak_learning_rate_grows_with_the_square_root_of_a_larger_batch(tiny_da
     assert lr_for("--batch-size", "16") == recipe_lr  # smaller batches keep the recipe's rate
     assert lr_for("--batch-size", "128", "--lr", "1e-3") == 1e-3  # an explicit rate is never scaled
     assert lr_for("--recipe", "seed", "--batch-size", "64") == pytest.approx(1e-3 * 2)
+
+
+def test_out_of_memory_names_the_batch_that_failed_and_one_that_fits_and_resume_continues(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A device that runs out of memory above 4 clips per step from epoch 2 on (simulated: the error type
+    is torch's own, raised by the training path's forward)."""
+    from urbansound.errors import ResourceError
+    from urbansound.training import hardware
+    from urbansound.training.checkpoint import load_checkpoint
+
+    real_forward = hardware.TrainingModel.classify_features
+    real_save = fit_module.save_checkpoint
+    saved: list[int] = []
+
+    def save_and_count(path: Path, state: dict) -> None:
+        real_save(path, state)
+        saved.append(state["epoch"])
+
+    def small_memory(self: hardware.TrainingModel, features: torch.Tensor) -> torch.Tensor:
+        if saved and self.training and features.shape[0] > 4:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_forward(self, features)
+
+    monkeypatch.setattr(fit_module, "save_checkpoint", save_and_count)
+    monkeypatch.setattr(hardware.TrainingModel, "classify_features", small_memory)
+    with pytest.raises(
+        ResourceError, match=r"epoch 2 at batch size 8: a batch of 4 fits.*--batch-size 4"
+    ) as caught:
+        train(tiny_config(tiny_dataset, tmp_path / "runs", tmp_path / "cache", epochs=3), progress=False)
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert f"--resume {run_dir}" in str(caught.value)
+    assert load_checkpoint(run_dir / "checkpoint.pt")["epoch"] == 1  # the last good epoch, intact
+    monkeypatch.undo()  # memory freed: the run continues where it stopped
+    resumed = train(RunConfig(), resume_dir=run_dir, progress=False)
+    assert load_checkpoint(resumed / "checkpoint.pt")["epoch"] == 3
+    assert (resumed / "model.safetensors").is_file()

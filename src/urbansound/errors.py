@@ -1,4 +1,4 @@
-"""The project's exception types: one for bad input data, one for bad parameters."""
+"""The project's exception types: bad input data, bad parameters, and a machine out of a resource."""
 
 
 class UrbanSoundError(Exception):
@@ -11,3 +11,8 @@ class DataError(UrbanSoundError):
 
 class ConfigError(UrbanSoundError, ValueError):
     """A parameter or combination of parameters is invalid."""
+
+
+class ResourceError(UrbanSoundError):
+    """The machine ran out of something the work needs (device memory, disk space); nothing computed so far
+    is lost, and the message says what to change."""

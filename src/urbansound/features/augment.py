@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from urbansound.config import AugmentConfig
+from urbansound.features.stretch import pitch_shift, time_stretch
 
 
 def variant_rng(key: str, variant: int, seed: int = 0) -> np.random.Generator:
@@ -67,6 +68,24 @@ def _fix_length(waveforms: torch.Tensor, n_samples: int) -> torch.Tensor:
     return nn.functional.pad(waveforms, (0, n_samples - waveforms.shape[-1]))
 
 
+def _stretch_rows(clips: torch.Tensor, rates: list[float | None], variants: int) -> torch.Tensor:
+    """Row ``r`` of the ``(clips * variants, samples)`` result is clip ``r // variants`` time-stretched by
+    ``rates[r]`` (unchanged for None) and cut or padded back to the clip length. Each distinct (clip, rate)
+    is stretched once and shared: a clip's 8 variants draw from 4 rates, so about half of them repeat one.
+    """
+    n = clips.shape[-1]
+    device = clips.device
+    out = clips.repeat_interleave(variants, dim=0)
+    for rate in sorted({r for r in rates if r is not None}):
+        rows = [i for i, r in enumerate(rates) if r == rate]
+        sources = sorted({i // variants for i in rows})
+        stretched = _fix_length(time_stretch(clips[torch.tensor(sources, device=device)], rate), n)
+        where = {clip: k for k, clip in enumerate(sources)}
+        picks = torch.tensor([where[i // variants] for i in rows], device=device)
+        out[torch.tensor(rows, device=device)] = stretched[picks]
+    return out
+
+
 def _apply_by_value(
     waveforms: torch.Tensor,
     values: list[float | None],
@@ -99,12 +118,9 @@ def make_variants(
     Returns:
         float32 ``(clips, variants, samples)`` on the device of ``waveforms``, clipped to [-1, 1].
     """
-    from urbansound.features.stretch import pitch_shift, time_stretch
-
     n_clips, n = waveforms.shape
     draws = [draw_variant(config, variant_rng(k, v, seed), n) for k in keys for v in range(config.variants)]
-    y = waveforms.float().repeat_interleave(config.variants, dim=0)  # (clips * variants, samples)
-    y = _apply_by_value(y, [d.rate for d in draws], lambda x, r: _fix_length(time_stretch(x, r), n))
+    y = _stretch_rows(waveforms.float(), [d.rate for d in draws], config.variants)  # (clips * variants, n)
     y = _apply_by_value(y, [d.semitones for d in draws], lambda x, s: pitch_shift(x, sample_rate, s))
     device = waveforms.device
     if config.time_shift > 0:

@@ -304,7 +304,7 @@ class FeatureCache:
         num_workers: int | None = None,
         progress: bool = True,
         device: str | torch.device | None = None,
-        batch_size: int = 8,
+        batch_size: int | None = None,
     ) -> np.ndarray:
         """Features of ``augment.variants`` augmented copies of each clip, computed once and cached.
 
@@ -312,7 +312,8 @@ class FeatureCache:
         settings, augmentation settings, seed); a variant's random draws depend on (file, variant number,
         seed) only, so every fold and run that trains on a clip sees the same variants. Clips are decoded in
         DataLoader workers; the variants (:func:`~urbansound.features.augment.make_variants`) and their
-        features are computed on ``device`` (default CPU), ``batch_size`` clips at a time.
+        features are computed on ``device`` (default CPU), ``batch_size`` clips at a time (default: 8 on the
+        CPU, where small batches stay in cache, and 64 on an accelerator, where large ones fill it).
 
         Returns:
             a read-only memory map ``(len(paths), variants, n_bands, frames)`` in the order of ``paths``.
@@ -323,6 +324,7 @@ class FeatureCache:
         keys = [file_key(p) for p in paths]
         todo = [i for i, k in enumerate(keys) if not self.variant_path(k, augment, seed).exists()]
         if todo:
+            device = torch.device(device or "cpu")
             self._compute_variants(
                 [paths[i] for i in todo],
                 [keys[i] for i in todo],
@@ -330,8 +332,8 @@ class FeatureCache:
                 seed,
                 num_workers,
                 progress,
-                torch.device(device or "cpu"),
-                batch_size,
+                device,
+                batch_size or (8 if device.type == "cpu" else 64),
             )
         digest = hashlib.sha256("\n".join([variants_hash(augment, seed), *keys]).encode()).hexdigest()[:24]
         path = self.directory / "packs" / f"variants-{digest}.npy"

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import io
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from urbansound.config import TrainingConfig
+from urbansound.errors import ResourceError
 from urbansound.features.frontend import AudioClassifier
 from urbansound.io_utils import atomic_write_text
 from urbansound.training.checkpoint import load_checkpoint, save_checkpoint
@@ -25,7 +27,7 @@ from urbansound.training.distributed import (
     evaluate_sharded,
     reduce_epoch_stats,
 )
-from urbansound.training.hardware import prepare_model
+from urbansound.training.hardware import TrainingModel, prepare_model
 from urbansound.training.loop import (
     FeatureDataset,
     ResidentFeatures,
@@ -217,21 +219,22 @@ def fit(
             )
         train_set.set_epoch(epoch)  # which precomputed audio variant each clip uses this epoch
         lr = scheduler.get_last_lr()[0]
-        stats = train_one_epoch(
-            runner,
-            loader,
-            optimizer,
-            scheduler,
-            device,
-            criterion,
-            progress=progress and context.is_main,
-            desc=f"epoch {epoch}/{config.epochs}",
-            scaler=scaler,
-            loss_weights=batch_sampler.loss_weights() if batch_sampler is not None else None,
-            mixup_alpha=mixup_alpha,
-            mixup_domain=mixup_domain,
-            after_step=(lambda: ema.update_parameters(model)) if ema is not None else None,
-        )
+        with out_of_memory_guard(runner, train_set, config, context, epoch, checkpoint_path):
+            stats = train_one_epoch(
+                runner,
+                loader,
+                optimizer,
+                scheduler,
+                device,
+                criterion,
+                progress=progress and context.is_main,
+                desc=f"epoch {epoch}/{config.epochs}",
+                scaler=scaler,
+                loss_weights=batch_sampler.loss_weights() if batch_sampler is not None else None,
+                mixup_alpha=mixup_alpha,
+                mixup_domain=mixup_domain,
+                after_step=(lambda: ema.update_parameters(model)) if ema is not None else None,
+            )
         stats = reduce_epoch_stats(stats, context)
         val = evaluate_sharded(scored, val_set, max(config.batch_size, 64), device, context)
         row = {
@@ -296,6 +299,66 @@ def fit(
         best_state=best_state,
         stopped_early=stopped_early,
     )
+
+
+@contextlib.contextmanager
+def out_of_memory_guard(
+    runner: TrainingModel,
+    train_set: FeatureDataset,
+    config: TrainingConfig,
+    context: DistributedContext,
+    epoch: int,
+    checkpoint_path: Path,
+) -> Iterator[None]:
+    """Turn a device out-of-memory error inside an epoch into a :class:`ResourceError` that names the batch
+    size that failed, one that fits (found by trying training steps at halved sizes; not under torchrun,
+    where one rank's probe would leave the others waiting in a collective) and how to go on. The
+    checkpoint of the previous epoch is untouched: it was written atomically before this epoch began."""
+    failed = False
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        failed = True  # probe outside the handler, so the failed step's tensors can be freed first
+    if not failed:
+        return
+    per_process = config.batch_size // context.world_size
+    fits = None
+    if not context.distributed:
+        fits = fitting_batch_size(runner, train_set[[0]][0].shape[1:], per_process)
+    if context.distributed:
+        advice, suggested = "no smaller batch was tried", max(per_process // 2, 1) * context.world_size
+    else:
+        advice = f"a batch of {fits} fits" if fits else "not even a batch of 1 fits"
+        suggested = fits or 1
+    sharing = f" ({per_process} per process)" if context.distributed else ""
+    raise ResourceError(
+        f"{context.device} ran out of memory in training epoch {epoch} at batch size {config.batch_size}"
+        f"{sharing}: {advice}. Start a new run with --batch-size {suggested} (the peak learning rate "
+        "follows the batch size's square-root rule), or free device memory and continue this run with "
+        f"`urbansound train --resume {checkpoint_path.parent}` (the checkpoint of epoch {epoch - 1} is "
+        "intact)"
+    ) from None
+
+
+def fitting_batch_size(runner: TrainingModel, feature_shape: torch.Size, failed: int) -> int | None:
+    """The largest of ``failed // 2, failed // 4, ..., 1`` clips whose training step (forward and backward
+    on zeros) fits in device memory, or None. Leaves gradients cleared; the run is ending anyway."""
+    device = next(runner.parameters()).device
+    size = failed // 2
+    while size >= 1:
+        try:
+            runner.train()
+            runner.classify_features(
+                torch.zeros((size, *feature_shape), device=device)
+            ).float().sum().backward()
+            return size
+        except torch.OutOfMemoryError:
+            size //= 2
+        finally:
+            runner.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return None
 
 
 def selection_score(criterion: str, epoch: int, val_accuracy: float, val_loss: float) -> float:
