@@ -163,3 +163,14 @@ def test_predictor_copies_a_model_to_its_device_instead_of_moving_the_callers() 
     assert model.frontend.window.device.type == "cpu"
     same = Predictor(model, spec, device="cpu")
     assert same.model is model  # no copy when it is already there
+
+
+def test_data_goes_to_the_device_when_asked_or_on_an_accelerator() -> None:
+    from urbansound.training.fit import wants_resident_data
+
+    data = FeatureDataset(np.zeros((4, 2, 3), np.float32), [0, 1, 0, 1], [0, 1, 2, 3])
+    cpu = torch.device("cpu")
+    assert not wants_resident_data("auto", data, cpu)  # the memory map already is host memory
+    assert wants_resident_data("yes", data, cpu)
+    assert wants_resident_data("auto", data, META)
+    assert not wants_resident_data("no", data, META)

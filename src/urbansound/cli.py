@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from urbansound.config import (
+    DATA_ON_DEVICE,
     DB_REFERENCES,
     MIXUP_DOMAINS,
     RECIPES,
@@ -243,6 +244,13 @@ def add_model_training_arguments(parser: argparse.ArgumentParser) -> None:
         help="autocast dtype; auto: bf16 on CUDA (fp16 with loss scaling on GPUs without bf16), else fp32",
     )
     group.add_argument("--compile", action="store_true", help="wrap the model with torch.compile")
+    group.add_argument(
+        "--data-on-device",
+        choices=DATA_ON_DEVICE,
+        default=training.data_on_device,
+        help="hold the training features in device memory and draw batches there (auto: on accelerators, "
+        "when they take at most half the free device memory)",
+    )
     group = parser.add_argument_group("augmentation (training only; unset flags come from --recipe)")
     group.add_argument(
         "--aug-variants",
@@ -341,6 +349,7 @@ def run_config_from_args(args: argparse.Namespace) -> RunConfig:
     config.training.device = args.device
     config.training.precision = args.precision
     config.training.compile = args.compile
+    config.training.data_on_device = args.data_on_device
     config.validate()
     return config
 

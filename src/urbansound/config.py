@@ -125,6 +125,10 @@ class TrainingConfig:
     device: str = "auto"  # CUDA, then MPS, then CPU: the fastest device present, without a flag
     precision: str = "auto"  # bf16 autocast on CUDA (fp16 + grad scaler on GPUs without bf16), fp32 elsewhere
     compile: bool = False  # torch.compile: faster steps on GPUs, but minutes of compiling first
+    # Hold the training features (and variants) in device memory and gather batches there: "auto" does so on
+    # accelerators when they take at most half the free device memory (on the CPU the memory-mapped cache
+    # already is host memory); "yes" and "no" force it. The batches are the same either way.
+    data_on_device: str = "auto"
     scheduler: str = "onecycle"  # the seed's linear one-cycle; "cosine" warms up then decays to zero
     init_from: str = ""  # a local model file whose weights start the training (fine-tuning); "" = random
     # Exponential moving average of the weights (and BatchNorm statistics), updated every step; validation,
@@ -138,6 +142,10 @@ class TrainingConfig:
     def validate(self) -> None:
         if self.epochs <= 0 or self.batch_size <= 0 or self.max_lr <= 0:
             raise ConfigError("epochs, batch_size and max_lr must be positive")
+        if self.data_on_device not in DATA_ON_DEVICE:
+            raise ConfigError(
+                f"unknown data_on_device {self.data_on_device!r}; choose one of {', '.join(DATA_ON_DEVICE)}"
+            )
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ConfigError(f"unknown precision {self.precision!r}; choose auto, fp32, bf16 or fp16")
         if self.scheduler not in SCHEDULERS:
@@ -157,6 +165,7 @@ class TrainingConfig:
 
 
 SCHEDULERS = ("onecycle", "cosine")
+DATA_ON_DEVICE = ("auto", "yes", "no")
 SELECT_EPOCH = ("val_accuracy", "val_loss", "last")
 
 # Salamon & Bello (2017)'s augmentation factors: time stretch (TS) and pitch shift in semitones (PS1 + PS2).

@@ -86,9 +86,12 @@ def save_model_file(
     path: str | Path, model: AudioClassifier, spec: ModelSpec, extra: dict[str, Any] | None = None
 ) -> Path:
     """Write the model file atomically. ``extra`` (JSON-serialisable) is stored as ``extra`` metadata,
-    e.g. the validation accuracy it was selected on."""
+    e.g. the validation accuracy it was selected on.
+
+    Raises:
+        ResourceError: the disk is full (or another OS error while writing); an older file at ``path`` is kept.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     metadata = {
         "format": FORMAT_NAME,
@@ -97,7 +100,10 @@ def save_model_file(
         "spec": spec.to_json(),
         "extra": json.dumps(extra or {}),
     }
-    with atomic_output(path) as tmp:
+    size = sum(t.element_size() * t.nelement() for t in tensors.values()) + len(json.dumps(metadata))
+    # safetensors reports a full disk as SafetensorError("... (os error 28)"), which atomic_output turns
+    # into a ResourceError naming this file.
+    with atomic_output(path, "the model file", expected_bytes=size) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     return path
 

@@ -5,23 +5,35 @@ Layout under the cache root::
 
     <settings-hash>/settings.json            the audio + feature settings the entries were made with
     <settings-hash>/entries/ab/<key>.npy      one clip's dB features (n_bands, frames), float32 or float16
+    <settings-hash>/variants/<hash>/ab/<key>.npy   one clip's augmented variants (variants, n_bands, frames)
     <settings-hash>/packs/<list-hash>.npy     the entries of one clip list stacked, memory-mapped for training
+    <settings-hash>/packs/variants-<list-hash>.npy   the same for variant entries
 
 An entry's key hashes the file's resolved path, size and modification time, so an edited file gets a new
-entry; a changed setting gets a new settings folder. Every file is written to a temporary name and
+entry; a changed setting gets a new settings folder. Every file is written to a temporary name, fsynced and
 renamed into place, so an interrupted build leaves no corrupt entry and keeps every finished one.
+
+Every file is checked when it is opened: a readable .npy header, exactly the dtype and shape the settings
+imply, and a size of header + data. A damaged one (a partial copy, a garbled header) is reported once,
+deleted and computed again, and the run goes on.
+
+Several processes may build one cache at once (runs side by side, torchrun nodes on a shared file system)
+without a lock: see :meth:`FeatureCache._stack`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import contextlib
 import json
 import logging
 import os
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -101,9 +113,90 @@ def to_host(tensor: torch.Tensor, dtype: type[np.floating]) -> np.ndarray:
     return tensor.detach().cpu().numpy().astype(dtype, copy=False)
 
 
-def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    with atomic_output(path) as tmp, open(tmp, "wb") as handle:
+def _atomic_save_npy(path: Path, array: np.ndarray, what: str) -> None:
+    """Write ``array`` as a .npy at ``path`` atomically; ResourceError naming ``what`` when space runs out."""
+    with atomic_output(path, what, expected_bytes=array.nbytes + 128) as tmp, open(tmp, "wb") as handle:
         np.save(handle, array)
+
+
+class _Damaged(Exception):
+    """A cache file whose header, dtype, shape or size is not what the settings imply."""
+
+
+# No checksum: the damage seen in practice (a partial copy, a truncated or garbled file) changes the header
+# or the size, which these checks catch without reading the data. A right-sized file with wrong data would
+# need the media to flip bits, which the disk's and file system's own checksums report as read errors; the
+# crash case (a new name over blocks never written) is ruled out by the fsync before each rename. And a
+# checksum would read every byte of every entry on every run: the work the cache exists to avoid.
+def _check_npy(handle: BinaryIO, shape: tuple[int, ...], dtype: np.dtype) -> int:
+    """Check an open .npy file against the exact ``shape`` and ``dtype`` it must hold; return the byte
+    offset of its data. Reads only the header (~128 bytes) and the file's size.
+
+    Raises:
+        _Damaged: saying what is wrong.
+    """
+    readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    try:
+        version = np.lib.format.read_magic(handle)
+        if version not in readers:
+            raise _Damaged(f"unsupported .npy version {version}")
+        found_shape, fortran_order, found_dtype = readers[version](handle)
+    except (ValueError, SyntaxError, TypeError, EOFError) as error:  # numpy's messages for bad headers
+        raise _Damaged(f"unreadable header ({error})") from None
+    if found_dtype != dtype or fortran_order:
+        raise _Damaged(f"dtype {found_dtype}{' (Fortran order)' if fortran_order else ''}, expected {dtype}")
+    if tuple(found_shape) != shape:
+        raise _Damaged(f"shape {tuple(found_shape)}, expected {shape}")
+    offset = handle.tell()
+    size, expected = os.fstat(handle.fileno()).st_size, offset + math.prod(shape) * dtype.itemsize
+    if size != expected:
+        raise _Damaged(f"{size} bytes, expected {expected} ({offset} of header and {expected - offset} of data)")
+    return offset
+
+
+def _discard(path: Path, what: str, reason: str) -> None:
+    """Report a damaged cache file once and delete it, so that it is computed again."""
+    logger.warning("damaged %s %s: %s; deleting it and computing it again", what, path, reason)
+    # Another process that found the same damage may have deleted it first.
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def _read_checked(path: Path, shape: tuple[int, ...], dtype: np.dtype, what: str) -> np.ndarray | None:
+    """The array in ``path`` if it is exactly ``shape`` and ``dtype``; None if it is missing, or damaged
+    (then reported and deleted)."""
+    try:
+        with open(path, "rb") as handle:
+            _check_npy(handle, shape, dtype)
+            data = handle.read(math.prod(shape) * dtype.itemsize)
+    except FileNotFoundError:
+        return None
+    except _Damaged as damage:
+        _discard(path, what, str(damage))
+        return None
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
+
+
+def _map_checked(path: Path, shape: tuple[int, ...], dtype: np.dtype, what: str) -> np.ndarray | None:
+    """``path`` memory-mapped read-only if it is exactly ``shape`` and ``dtype``; None if it is missing, or
+    damaged (then reported and deleted).
+
+    Checked and mapped through one open handle, so a file another process deletes or replaces in between
+    cannot be mapped unchecked: the map keeps the inode that was checked.
+    """
+    try:
+        with open(path, "rb") as handle:
+            offset = _check_npy(handle, shape, dtype)
+            if math.prod(shape) == 0:  # mmap cannot map zero bytes
+                empty = np.zeros(shape, dtype)
+                empty.flags.writeable = False
+                return empty
+            return np.memmap(handle, dtype=dtype, mode="r", offset=offset, shape=shape)
+    except FileNotFoundError:
+        return None
+    except _Damaged as damage:
+        _discard(path, what, str(damage))
+        return None
 
 
 @dataclass

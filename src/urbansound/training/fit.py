@@ -139,9 +139,10 @@ def fit(
     batch, each rank trains on its share through DDP, metrics are summed over ranks, and only rank 0 writes
     the checkpoint and history. Every rank resumes from the same checkpoint.
 
-    ``resident_data`` (default: on any device but the CPU) holds the training features in device memory and
-    draws batches by index there (:class:`~urbansound.training.loop.ResidentFeatures`) instead of through a
-    DataLoader; the batches are the same, so results and resumes do not depend on the choice.
+    ``resident_data`` (default: ``config.data_on_device``, see :func:`wants_resident_data`) holds the training
+    features in device memory and draws batches by index there
+    (:class:`~urbansound.training.loop.ResidentFeatures`) instead of through a DataLoader; the batches are the
+    same, so results and resumes do not depend on the choice.
     """
     context = context or DistributedContext(device=device)
     runner = prepare_model(model, context, config.precision, config.compile)
@@ -196,8 +197,7 @@ def fit(
             start_epoch = config.epochs + 1
 
     if resident_data is None:
-        # On the CPU the memory map already is host memory (the page cache): a batch is one slice of it.
-        resident_data = device.type != "cpu"
+        resident_data = wants_resident_data(config.data_on_device, train_set, device)
     resident = ResidentFeatures(train_set, device) if resident_data and start_epoch <= config.epochs else None
     stopped_early = False
     started = time.perf_counter()
@@ -299,6 +299,29 @@ def fit(
         best_state=best_state,
         stopped_early=stopped_early,
     )
+
+
+def wants_resident_data(setting: str, train_set: FeatureDataset, device: torch.device) -> bool:
+    """Whether the training data goes to device memory: always for "yes", never for "no"; for "auto" on an
+    accelerator when the features and variants take at most half its free memory (the rest is the model's
+    and the batches'), never on the CPU, where the memory-mapped cache already is host memory."""
+    if setting != "auto":
+        return setting == "yes"
+    if device.type == "cpu":
+        return False
+    variants = train_set.variants
+    needed = len(train_set) * train_set.features[0].nbytes + (variants.nbytes if variants is not None else 0)
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+    if free is not None and needed > free / 2:
+        logger.info(
+            "training data (%.1f GB) exceeds half the free memory of %s (%.1f GB): drawing batches through "
+            "the data loader",
+            needed / 1e9,
+            device,
+            free / 1e9,
+        )
+        return False
+    return True
 
 
 @contextlib.contextmanager
