@@ -16,6 +16,20 @@ from urbansound.features.filterbanks import gammatone_filterbank, mel_filterbank
 AMIN = 1e-10
 
 
+def centred_stft(waveform: torch.Tensor, n_fft: int, hop_length: int, window: torch.Tensor) -> torch.Tensor:
+    """Complex STFT with librosa's defaults: centred frames, zero (``"constant"``) padding of ``n_fft // 2``
+    on both sides. ``(batch, samples)`` -> ``(batch, n_fft // 2 + 1, 1 + samples // hop_length)``."""
+    return torch.stft(
+        waveform,
+        n_fft=n_fft,
+        hop_length=hop_length,
+        window=window,
+        center=True,
+        pad_mode="constant",
+        return_complex=True,
+    )
+
+
 def power_spectrogram(
     waveform: torch.Tensor, n_fft: int, hop_length: int, window: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -26,15 +40,7 @@ def power_spectrogram(
     """
     if window is None:
         window = torch.hann_window(n_fft, device=waveform.device, dtype=waveform.dtype)
-    spec = torch.stft(
-        waveform,
-        n_fft=n_fft,
-        hop_length=hop_length,
-        window=window,
-        center=True,
-        pad_mode="constant",
-        return_complex=True,
-    )
+    spec = centred_stft(waveform, n_fft, hop_length, window)
     power = spec.real.square()
     return power.addcmul_(spec.imag, spec.imag)  # re^2 + im^2 with one temporary, not three
 

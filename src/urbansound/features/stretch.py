@@ -28,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from urbansound.features.spectrogram import centred_stft
+
 # Kaiser-windowed sinc defaults of :func:`resample`: 32 zero crossings on each side (64-75 taps per output
 # sample at the pitch-shift ratios), cutoff at 95.5 % of the lower Nyquist frequency, beta = 6 (side lobes
 # ~-63 dB). The transition band is then about 0.90-1.01 of the lower Nyquist frequency, the closest this
@@ -122,20 +124,6 @@ def phase_vocoder(spec: torch.Tensor, rate: float, hop_length: int) -> torch.Ten
     return out.to(spec.dtype).transpose(-1, -2)
 
 
-def _stft(waveforms: torch.Tensor, n_fft: int, hop_length: int, window: torch.Tensor) -> torch.Tensor:
-    """librosa 0.11's ``stft`` defaults: centred frames, zero (``"constant"``) padding of ``n_fft // 2`` on
-    both sides. ``(batch, samples)`` -> complex ``(batch, n_fft // 2 + 1, 1 + samples // hop_length)``."""
-    return torch.stft(
-        waveforms,
-        n_fft=n_fft,
-        hop_length=hop_length,
-        window=window,
-        center=True,
-        pad_mode="constant",
-        return_complex=True,
-    )
-
-
 def _overlap_add(frames: torch.Tensor, hop_length: int) -> torch.Tensor:
     """Sum ``(batch, frames, n_fft)`` frames placed every ``hop_length`` samples -> ``(batch, n_fft +
     hop_length * (frames - 1))``."""
@@ -225,7 +213,7 @@ def time_stretch(
     pieces = []
     for lo in range(0, rows, chunk):
         rows_x = x.narrow(0, lo, min(chunk, rows - lo))
-        spec = phase_vocoder(_stft(rows_x, n_fft, hop_length, window), rate, hop_length)
+        spec = phase_vocoder(centred_stft(rows_x, n_fft, hop_length, window), rate, hop_length)
         pieces.append(_istft(spec, n_fft, hop_length, window, length))
     return torch.cat(pieces).reshape(*lead, length)
 
