@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+import multiprocessing
 import os
 from pathlib import Path
 
@@ -11,9 +13,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from urbansound.config import AudioConfig, FeatureConfig
+from urbansound.config import AudioConfig, AugmentConfig, FeatureConfig
 from urbansound.data.audio import load_audio
-from urbansound.features.cache import FeatureCache, band_statistics
+from urbansound.features.cache import FeatureCache, band_statistics, file_key
 from urbansound.features.frontend import SpectrogramFrontend
 
 
@@ -283,3 +285,232 @@ def test_clip_max_statistics_are_those_of_max_referenced_clips_and_share_the_cac
         FeatureCache(tmp_path / "cache", small_audio, relative).directory
         == FeatureCache(tmp_path / "cache", small_audio, small_features).directory
     )
+
+
+# ---------------------------------------------------------------- damaged files and concurrent builders
+
+AUGMENT = AugmentConfig(
+    variants=2, time_stretch=[0.9, 1.1], pitch_shift=[-1.0, 1.0], noise_snr_db=[10.0, 30.0]
+)
+
+
+def truncate(path: Path) -> None:
+    """A partial copy: the file cut to half its size."""
+    with open(path, "r+b") as handle:
+        handle.truncate(path.stat().st_size // 2)
+
+
+def garble_header(path: Path) -> None:
+    """A garbled header: the bytes of the header dictionary overwritten, the size unchanged."""
+    with open(path, "r+b") as handle:
+        handle.seek(12)
+        handle.write(b"\x00garbage{[(" * 4)
+
+
+def wrong_shape(path: Path) -> None:
+    """A valid .npy of the wrong shape (e.g. written by other settings)."""
+    np.save(path, np.zeros((3, 5), np.float32))
+
+
+def wrong_dtype(path: Path) -> None:
+    """A valid .npy of the right shape in float64."""
+    np.save(path, np.load(path).astype(np.float64))
+
+
+def emptied(path: Path) -> None:
+    path.write_bytes(b"")
+
+
+DAMAGES = [truncate, garble_header, wrong_shape, wrong_dtype, emptied]
+
+
+def damaged_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "damaged" in r.getMessage()
+    ]
+
+
+@pytest.mark.parametrize("damage", DAMAGES, ids=lambda d: d.__name__)
+def test_damaged_entry_is_reported_recomputed_once_and_the_run_goes_on(
+    tmp_path: Path,
+    event_clips: list[Path],
+    small_audio: AudioConfig,
+    small_features: FeatureConfig,
+    caplog: pytest.LogCaptureFixture,
+    damage,
+) -> None:
+    clean = np.array(build(FeatureCache(tmp_path / "clean", small_audio, small_features), event_clips).array)
+    cache = FeatureCache(tmp_path / "cache", small_audio, small_features)
+    build(cache, event_clips)
+    entry = cache.entry_path(file_key(event_clips[2]))
+    damage(entry)
+
+    counter = spy(cache)
+    with caplog.at_level(logging.WARNING, logger="urbansound"):
+        # Another order needs another pack, made from the recomputed entry.
+        result = build(cache, event_clips[::-1])
+    assert counter.clips == 1
+    (warning,) = damaged_warnings(caplog)
+    assert str(entry) in warning and "feature cache entry" in warning
+    np.testing.assert_array_equal(result.array, clean[::-1])
+    assert np.load(entry).shape == (16, cache.n_frames)
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="urbansound"):
+        again = build(cache, event_clips)
+    assert counter.clips == 1 and damaged_warnings(caplog) == []  # healed for good: computed only once
+    np.testing.assert_array_equal(again.array, clean)
+
+
+@pytest.mark.parametrize("damage", [truncate, garble_header, emptied], ids=lambda d: d.__name__)
+def test_damaged_pack_is_rebuilt_from_the_entries(
+    tmp_path: Path,
+    event_clips: list[Path],
+    small_audio: AudioConfig,
+    small_features: FeatureConfig,
+    caplog: pytest.LogCaptureFixture,
+    damage,
+) -> None:
+    cache = FeatureCache(tmp_path / "cache", small_audio, small_features)
+    clean = np.array(build(cache, event_clips).array)
+    (pack,) = (cache.directory / "packs").glob("*.npy")
+    damage(pack)
+
+    counter = spy(cache)
+    with caplog.at_level(logging.WARNING, logger="urbansound"):
+        result = build(cache, event_clips)  # before: "mmap length is greater than file size"
+    assert counter.clips == 0  # the entries are intact: only the pack is written again
+    (warning,) = damaged_warnings(caplog)
+    assert str(pack) in warning and "feature cache pack" in warning
+    np.testing.assert_array_equal(result.array, clean)
+    assert isinstance(result.array, np.memmap) and not result.array.flags.writeable
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="urbansound"):
+        np.testing.assert_array_equal(build(cache, event_clips).array, clean)
+    assert damaged_warnings(caplog) == []
+
+
+@pytest.mark.parametrize("mishap", ["deleted", "truncated"])
+def test_entry_lost_while_the_pack_is_written_is_computed_again(
+    tmp_path: Path,
+    event_clips: list[Path],
+    small_audio: AudioConfig,
+    small_features: FeatureConfig,
+    monkeypatch: pytest.MonkeyPatch,
+    mishap: str,
+) -> None:
+    """Another process deletes an entry (it found it damaged) between this one's check and its read."""
+    clean = np.array(build(FeatureCache(tmp_path / "clean", small_audio, small_features), event_clips).array)
+    cache = FeatureCache(tmp_path / "cache", small_audio, small_features)
+    build(cache, event_clips[:4])
+    entry = cache.entry_path(file_key(event_clips[1]))
+    checked = cache._ensure_entries
+
+    def check_then_lose(*args, **kwargs):
+        failed = checked(*args, **kwargs)
+        entry.unlink() if mishap == "deleted" else truncate(entry)
+        return failed
+
+    monkeypatch.setattr(cache, "_ensure_entries", check_then_lose)
+    counter = spy(cache)
+    result = build(cache, event_clips)
+    assert counter.clips == 2 + 1  # the two new clips, and the lost one again
+    np.testing.assert_array_equal(result.array, clean)
+
+
+def test_truncated_variant_entry_and_pack_are_healed(
+    tmp_path: Path,
+    event_clips: list[Path],
+    small_audio: AudioConfig,
+    small_features: FeatureConfig,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def variants(cache: FeatureCache, paths: list[Path]) -> np.ndarray:
+        # One clip per batch: batched stretching differs from unbatched in the last float bits.
+        return cache.build_variants(paths, AUGMENT, num_workers=0, progress=False, batch_size=1)
+
+    clips = event_clips[:4]
+    clean = np.array(variants(FeatureCache(tmp_path / "clean", small_audio, small_features), clips))
+    cache = FeatureCache(tmp_path / "cache", small_audio, small_features)
+    variants(cache, clips)
+    entry = cache.variant_path(file_key(clips[1]), AUGMENT, 0)
+    truncate(entry)
+    (pack,) = (cache.directory / "packs").glob("variants-*.npy")
+    truncate(pack)
+
+    counter = spy(cache)
+    with caplog.at_level(logging.WARNING, logger="urbansound"):
+        result = variants(cache, clips)
+    assert counter.clips == AUGMENT.variants  # one clip's variants, computed again
+    warnings = damaged_warnings(caplog)
+    assert len(warnings) == 2
+    assert any(str(entry) in w and "augmented variants" in w for w in warnings)
+    assert any(str(pack) in w and "pack" in w for w in warnings)
+    np.testing.assert_array_equal(result, clean)
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="urbansound"):
+        np.testing.assert_array_equal(variants(cache, clips), clean)
+    assert counter.clips == AUGMENT.variants and damaged_warnings(caplog) == []
+
+
+def _build_in_turn(root: str, paths: list[str], out: str, barrier) -> None:  # noqa: ANN001 - a Barrier
+    """One of several processes building one cache at once (run in a spawned process)."""
+    audio, features = (
+        AudioConfig(sample_rate=8000, duration=0.5),
+        FeatureConfig(n_fft=256, hop_length=128, n_mels=16),
+    )
+    torch.set_num_threads(1)  # two builders on a small machine: threads would only contend
+    cache = FeatureCache(root, audio, features)
+    clips = [Path(p) for p in paths]
+    barrier.wait(timeout=60)
+    result = cache.build(clips, num_workers=0, batch_size=2, progress=False)
+    variants = cache.build_variants(clips[:6], AUGMENT, num_workers=0, progress=False, batch_size=1)
+    np.savez(out, features=result.array, variants=variants, failed=len(result.failed))
+
+
+def test_two_processes_building_one_cache_at_once_both_finish_with_identical_features(
+    tmp_path: Path, small_audio: AudioConfig, small_features: FeatureConfig
+) -> None:
+    rng = np.random.default_rng(0)
+    clips = []
+    for k in range(24):
+        clips.append(tmp_path / f"clip{k}.wav")
+        sf.write(clips[-1], 0.3 * rng.standard_normal(4000).astype(np.float32), 8000)
+    root = tmp_path / "cache"
+    # A damaged entry from an earlier run: both processes find it, one deletes it, both compute it.
+    cache = FeatureCache(root, small_audio, small_features)
+    build(cache, clips[:2])
+    truncate(cache.entry_path(file_key(clips[0])))
+
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(2)
+    outs = [tmp_path / f"out{n}.npz" for n in range(2)]
+    workers = [
+        context.Process(target=_build_in_turn, args=(str(root), [str(c) for c in clips], str(out), barrier))
+        for out in outs
+    ]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    assert [w.exitcode for w in workers] == [0, 0]
+
+    clean = FeatureCache(tmp_path / "clean", small_audio, small_features)
+    expected = np.array(build(clean, clips).array)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the builders: the thread count moves the variants' last float bits
+    try:
+        expected_variants = clean.build_variants(
+            clips[:6], AUGMENT, num_workers=0, progress=False, batch_size=1
+        )
+    finally:
+        torch.set_num_threads(threads)
+    for out in outs:
+        with np.load(out) as result:
+            assert int(result["failed"]) == 0
+            np.testing.assert_array_equal(result["features"], expected)
+            np.testing.assert_array_equal(result["variants"], expected_variants)
+    assert list(root.rglob("*.tmp")) == []
+    assert len(entry_files(root)) == len(clips)

@@ -32,8 +32,8 @@ from urbansound.errors import ResourceError
 
 # Writers implemented in Rust (safetensors) report an OS error only in their message: "... (os error 28)".
 _RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+# What the OS's words for an errno leave unsaid (ENOSPC's "No space left on device" says it all).
 _HINTS = {
-    errno.ENOSPC: "the file system is full",
     errno.EDQUOT: "the disk quota is used up",
     errno.EFBIG: "the file is larger than this process may write (ulimit -f) or the file system allows",
 }
@@ -71,7 +71,11 @@ def _write_error(
     """The ResourceError for a failed write of ``what`` at ``path``: the OS's reason, the free space on the
     file system that holds ``path`` and roughly what the file needs (``expected_bytes``, else the
     ``written`` bytes that got there before it failed, as a lower bound)."""
-    reason = f"{error.strerror} (errno {errno.errorcode.get(error.errno, error.errno)})" if error.errno else str(error)
+    reason = (
+        f"{error.strerror} (errno {errno.errorcode.get(error.errno, error.errno)})"
+        if error.errno
+        else str(error)
+    )
     parts = [f"could not write {what} {path}: {reason}"]
     if error.errno in _HINTS:
         parts.append(_HINTS[error.errno])

@@ -89,7 +89,8 @@ def save_model_file(
     e.g. the validation accuracy it was selected on.
 
     Raises:
-        ResourceError: the disk is full (or another OS error while writing); an older file at ``path`` is kept.
+        ResourceError: the disk is full (or another OS error while writing); a file already at ``path`` is
+            kept.
     """
     path = Path(path)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

@@ -23,17 +23,18 @@ without a lock: see :meth:`FeatureCache._stack`.
 
 from __future__ import annotations
 
-import hashlib
 import contextlib
+import functools
+import hashlib
 import json
 import logging
-import os
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 import numpy as np
 import torch
@@ -48,6 +49,7 @@ from urbansound.features.frontend import SpectrogramFrontend
 from urbansound.io_utils import atomic_output, atomic_write_text
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Bump when the feature code changes its output for the same settings: old entries then stop matching.
 FEATURE_CODE_VERSION = 1
@@ -150,52 +152,49 @@ def _check_npy(handle: BinaryIO, shape: tuple[int, ...], dtype: np.dtype) -> int
     offset = handle.tell()
     size, expected = os.fstat(handle.fileno()).st_size, offset + math.prod(shape) * dtype.itemsize
     if size != expected:
-        raise _Damaged(f"{size} bytes, expected {expected} ({offset} of header and {expected - offset} of data)")
+        raise _Damaged(
+            f"{size} bytes, expected {expected} ({offset} of header and {expected - offset} of data)"
+        )
     return offset
 
 
-def _discard(path: Path, what: str, reason: str) -> None:
-    """Report a damaged cache file once and delete it, so that it is computed again."""
-    logger.warning("damaged %s %s: %s; deleting it and computing it again", what, path, reason)
-    # Another process that found the same damage may have deleted it first.
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-
-
-def _read_checked(path: Path, shape: tuple[int, ...], dtype: np.dtype, what: str) -> np.ndarray | None:
-    """The array in ``path`` if it is exactly ``shape`` and ``dtype``; None if it is missing, or damaged
-    (then reported and deleted)."""
-    try:
-        with open(path, "rb") as handle:
-            _check_npy(handle, shape, dtype)
-            data = handle.read(math.prod(shape) * dtype.itemsize)
-    except FileNotFoundError:
-        return None
-    except _Damaged as damage:
-        _discard(path, what, str(damage))
-        return None
+def _read_data(handle: BinaryIO, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """The checked array in an open .npy file, read into memory (a read-only view of the bytes)."""
+    _check_npy(handle, shape, dtype)
+    n_bytes = math.prod(shape) * dtype.itemsize
+    data = handle.read(n_bytes)
+    if len(data) != n_bytes:  # cut short since it was checked
+        raise _Damaged(f"only {len(data)} of {n_bytes} bytes of data could be read")
     return np.frombuffer(data, dtype=dtype).reshape(shape)
 
 
-def _map_checked(path: Path, shape: tuple[int, ...], dtype: np.dtype, what: str) -> np.ndarray | None:
-    """``path`` memory-mapped read-only if it is exactly ``shape`` and ``dtype``; None if it is missing, or
-    damaged (then reported and deleted).
+def _map_data(handle: BinaryIO, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """The checked array in an open .npy file, memory-mapped read-only.
 
-    Checked and mapped through one open handle, so a file another process deletes or replaces in between
-    cannot be mapped unchecked: the map keeps the inode that was checked.
+    Checked and mapped through one handle, so a file another process deletes or replaces in between cannot
+    be mapped unchecked: the map keeps the inode that was checked.
     """
+    offset = _check_npy(handle, shape, dtype)
+    if math.prod(shape) == 0:  # mmap cannot map zero bytes
+        empty = np.zeros(shape, dtype)
+        empty.flags.writeable = False
+        return empty
+    return np.memmap(handle, dtype=dtype, mode="r", offset=offset, shape=shape)
+
+
+def _checked(path: Path, what: str, use: Callable[[BinaryIO], T]) -> T | None:
+    """``use(handle)`` with ``path`` open for reading; None if the file is missing, or damaged (``use``
+    raised _Damaged), in which case it is reported once and deleted so that it is computed again."""
     try:
         with open(path, "rb") as handle:
-            offset = _check_npy(handle, shape, dtype)
-            if math.prod(shape) == 0:  # mmap cannot map zero bytes
-                empty = np.zeros(shape, dtype)
-                empty.flags.writeable = False
-                return empty
-            return np.memmap(handle, dtype=dtype, mode="r", offset=offset, shape=shape)
+            return use(handle)
     except FileNotFoundError:
         return None
     except _Damaged as damage:
-        _discard(path, what, str(damage))
+        logger.warning("damaged %s %s: %s; deleting it and computing it again", what, path, damage)
+        # Another process that found the same damage may have deleted it first.
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
         return None
 
 
@@ -265,6 +264,23 @@ def variants_hash(augment: AugmentConfig, seed: int) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# What each kind of cache file is called in warnings and errors.
+_ENTRY = "feature cache entry"
+_VARIANT_ENTRY = "feature cache entry of augmented variants"
+_PACK = "feature cache pack"
+
+
+@dataclass(frozen=True)
+class _EntryKind:
+    """One kind of per-clip cache file: its name in messages, where a key's file lives, the exact shape of
+    one clip's array, and how to compute the files of some clips (returning the positions that failed)."""
+
+    what: str
+    path: Callable[[str], Path]
+    shape: tuple[int, ...]  # (n_bands, frames) for features, (variants, n_bands, frames) for variants
+    compute: Callable[[list[Path], list[str]], dict[int, Problem]]
+
+
 @dataclass
 class CachedFeatures:
     """Features of a clip list: a read-only memory map ``(clips, n_bands, frames)`` and the clips that
@@ -285,6 +301,7 @@ class FeatureCache:
         self.audio = audio
         self.features = features
         self.dtype = dtype
+        self.np_dtype = np.dtype(dtype)
         self.directory = Path(root) / settings_hash(audio, features, dtype)
         self.frontend = SpectrogramFrontend(features, audio.sample_rate)
         self.n_bands = features.n_mels
@@ -321,23 +338,26 @@ class FeatureCache:
         Files that cannot be decoded are reported in ``failed`` (with the reason); every other entry is
         computed and kept, so a re-run after fixing the bad files only computes those. Decoding runs in
         DataLoader workers; the front end runs on ``device`` (default CPU), ``batch_size`` clips at a time.
+        A damaged entry or pack is reported, deleted and computed again.
+
+        Raises:
+            ResourceError: the disk filled up (entries written before are kept; a re-run continues).
         """
         self._write_settings()
         paths = [Path(p) for p in paths]
         keys = [file_key(p) for p in paths]
-        todo = [i for i, k in enumerate(keys) if not self.entry_path(k).exists()]
-        failed: dict[int, Problem] = {}
-        if todo:
-            failed = self._compute(
-                [paths[i] for i in todo],
-                [keys[i] for i in todo],
-                num_workers,
-                batch_size,
-                progress,
-                torch.device(device or "cpu"),
-            )
-            failed = {todo[i]: problem for i, problem in failed.items()}
-        return CachedFeatures(array=self._pack(keys, set(failed)), failed=failed)
+        on = torch.device(device or "cpu")
+
+        def compute(todo_paths: list[Path], todo_keys: list[str]) -> dict[int, Problem]:
+            return self._compute(todo_paths, todo_keys, num_workers, batch_size, progress, on)
+
+        kind = _EntryKind(_ENTRY, self.entry_path, (self.n_bands, self.n_frames), compute)
+        failed = self._ensure_entries(kind, paths, keys)
+        digest = hashlib.sha256(
+            "\n".join(k if i not in failed else "-" for i, k in enumerate(keys)).encode()
+        ).hexdigest()[:24]
+        array = self._stack(kind, self.directory / "packs" / f"{digest}.npy", paths, keys, set(failed))
+        return CachedFeatures(array=array, failed=failed)
 
     def _compute(
         self,
@@ -370,7 +390,7 @@ class FeatureCache:
                 if batch.tensor is not None:
                     features = batch.tensor if on_cpu else frontend(batch.tensor.to(device))
                     for i, feature in zip(batch.positions, to_host(features, out_dtype), strict=True):
-                        _atomic_save_npy(self.entry_path(keys[i]), feature)
+                        _atomic_save_npy(self.entry_path(keys[i]), feature, f"the {_ENTRY}")
                 bar.update(len(batch.positions) + len(batch.errors))
         bar.close()
         logger.info("computed features of %d clip(s) into %s", len(paths) - len(failed), self.directory)
@@ -411,34 +431,23 @@ class FeatureCache:
         Returns:
             a read-only memory map ``(len(paths), variants, n_bands, frames)`` in the order of ``paths``.
             Clips that cannot be decoded raise DataError (their originals already failed the main build).
+            A damaged entry or pack is reported, deleted and computed again.
         """
         self._write_settings()
         paths = [Path(p) for p in paths]
         keys = [file_key(p) for p in paths]
-        todo = [i for i, k in enumerate(keys) if not self.variant_path(k, augment, seed).exists()]
-        if todo:
-            device = torch.device(device or "cpu")
-            self._compute_variants(
-                [paths[i] for i in todo],
-                [keys[i] for i in todo],
-                augment,
-                seed,
-                num_workers,
-                progress,
-                device,
-                batch_size or (8 if device.type == "cpu" else 64),
-            )
+        on = torch.device(device or "cpu")
+        batch = batch_size or (8 if on.type == "cpu" else 64)
+
+        def compute(todo_paths: list[Path], todo_keys: list[str]) -> dict[int, Problem]:
+            self._compute_variants(todo_paths, todo_keys, augment, seed, num_workers, progress, on, batch)
+            return {}  # a clip that cannot be decoded raises DataError instead
+
+        shape = (augment.variants, self.n_bands, self.n_frames)
+        kind = _EntryKind(_VARIANT_ENTRY, lambda key: self.variant_path(key, augment, seed), shape, compute)
+        self._ensure_entries(kind, paths, keys)
         digest = hashlib.sha256("\n".join([variants_hash(augment, seed), *keys]).encode()).hexdigest()[:24]
-        path = self.directory / "packs" / f"variants-{digest}.npy"
-        if not path.exists():
-            with atomic_output(path) as tmp:
-                shape = (len(keys), augment.variants, self.n_bands, self.n_frames)
-                packed = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(self.dtype), shape=shape)
-                for i, key in enumerate(keys):
-                    packed[i] = np.load(self.variant_path(key, augment, seed))
-                packed.flush()
-                del packed
-        return np.load(path, mmap_mode="r")
+        return self._stack(kind, self.directory / "packs" / f"variants-{digest}.npy", paths, keys, set())
 
     def _compute_variants(
         self,
@@ -484,7 +493,7 @@ class FeatureCache:
                     0, waves.shape[:2]
                 )  # (clips, V, bands, frames)
                 for key, feature in zip(batch_keys, to_host(features, out_dtype), strict=True):
-                    _atomic_save_npy(self.variant_path(key, augment, seed), feature)
+                    _atomic_save_npy(self.variant_path(key, augment, seed), feature, f"the {_VARIANT_ENTRY}")
                 bar.update(len(batch.positions))
         logger.info(
             "computed %d augmented variant(s) of %d clip(s) in %.0f s",
@@ -493,23 +502,80 @@ class FeatureCache:
             bar.close(),
         )
 
-    def _pack(self, keys: list[str], failed: set[int]) -> np.ndarray:
-        """Stack the entries of ``keys`` into one .npy, written once and memory-mapped read-only, so
-        data-loader workers and distributed ranks share one copy through the page cache."""
-        digest = hashlib.sha256(
-            "\n".join(k if i not in failed else "-" for i, k in enumerate(keys)).encode()
-        ).hexdigest()[:24]
-        path = self.directory / "packs" / f"{digest}.npy"
-        if not path.exists():
-            with atomic_output(path) as tmp:
-                packed = np.lib.format.open_memmap(
-                    tmp, mode="w+", dtype=np.dtype(self.dtype), shape=(len(keys), self.n_bands, self.n_frames)
-                )
-                for i, key in enumerate(keys):
-                    packed[i] = 0 if i in failed else np.load(self.entry_path(key))
-                packed.flush()
-                del packed
-        return np.load(path, mmap_mode="r")
+    def _entry_present(self, kind: _EntryKind, key: str) -> bool:
+        """Whether ``key``'s entry exists intact (its header and size are checked, its data not read); a
+        damaged one is reported and deleted, so it counts as missing."""
+        check = functools.partial(_check_npy, shape=kind.shape, dtype=self.np_dtype)
+        return _checked(kind.path(key), kind.what, check) is not None
+
+    def _ensure_entries(self, kind: _EntryKind, paths: list[Path], keys: list[str]) -> dict[int, Problem]:
+        """Compute the entries of ``keys`` that are missing or damaged; return the positions that failed."""
+        todo = [i for i, key in enumerate(keys) if not self._entry_present(kind, key)]
+        if not todo:
+            return {}
+        failed = kind.compute([paths[i] for i in todo], [keys[i] for i in todo])
+        return {todo[i]: problem for i, problem in failed.items()}
+
+    def _stack(
+        self, kind: _EntryKind, pack: Path, paths: list[Path], keys: list[str], failed: set[int]
+    ) -> np.ndarray:
+        """The entries of ``keys`` stacked ``(clips, *kind.shape)`` in one .npy at ``pack``, written once and
+        memory-mapped read-only, so data-loader workers and distributed ranks share one copy through the page
+        cache. Rows in ``failed`` are zeros. A damaged pack is reported, deleted and written again.
+
+        Several processes may build one cache at once without a lock, because renames are enough: every
+        file appears complete (temp file, fsync, rename), so two writers of one entry or pack each rename a
+        whole file with the same content and the later rename wins; nothing reads a temporary file; a reader
+        checks and maps a file through one handle, so it never maps one it did not check; and a file that
+        vanishes between the check and the read (another process deleted it as damaged) is computed again
+        here. The cost of a race is duplicated work, never a failed run or a half-read file. (A lock would
+        save that work, but flock is not honoured by every network file system, so it could not be relied on
+        for correctness anyway.)
+        """
+        shape = (len(keys), *kind.shape)
+        open_pack = functools.partial(_map_data, shape=shape, dtype=self.np_dtype)
+        packed = _checked(pack, _PACK, open_pack)
+        writes = 0
+        while packed is None:  # written again only when another process deleted it meanwhile
+            if writes == 3:
+                raise DataError(f"{pack}: the {_PACK} vanished or was damaged after each of {writes} writes")
+            self._write_pack(kind, pack, paths, keys, failed)
+            writes += 1
+            packed = _checked(pack, _PACK, open_pack)
+        return packed
+
+    def _write_pack(
+        self, kind: _EntryKind, pack: Path, paths: list[Path], keys: list[str], failed: set[int]
+    ) -> None:
+        """Write the entries of ``keys`` stacked into ``pack`` (zeros for ``failed`` rows), row by row."""
+        shape = (len(keys), *kind.shape)
+        header = {
+            "descr": np.lib.format.dtype_to_descr(self.np_dtype),
+            "fortran_order": False,
+            "shape": shape,
+        }
+        size = 128 + math.prod(shape) * self.np_dtype.itemsize
+        zeros = np.zeros(kind.shape, self.np_dtype)
+        # Plain writes, not stores into an open_memmap: on a full disk a write raises ENOSPC (and becomes a
+        # ResourceError), while a store into a mapped page of a sparse file kills the process with SIGBUS.
+        with atomic_output(pack, f"the {_PACK}", expected_bytes=size) as tmp, open(tmp, "wb") as handle:
+            np.lib.format.write_array_header_1_0(handle, header)
+            for i, key in enumerate(keys):
+                row = zeros if i in failed else self._entry_row(kind, paths[i], key)
+                handle.write(row.tobytes())
+
+    def _entry_row(self, kind: _EntryKind, path: Path, key: str) -> np.ndarray:
+        """The array of ``path``'s entry ``key``; computed again if it went missing or was found damaged
+        since :meth:`_ensure_entries` checked it (another process deleted it, the disk damaged it)."""
+        read = functools.partial(_read_data, shape=kind.shape, dtype=self.np_dtype)
+        row = _checked(kind.path(key), kind.what, read)
+        if row is None:
+            problems = kind.compute([path], [key])
+            row = _checked(kind.path(key), kind.what, read)
+            if row is None:
+                reason = problems[0].reason if problems else "it vanished again"
+                raise DataError(f"{path}: its {kind.what} could not be computed again: {reason}")
+        return row
 
 
 def band_statistics(
