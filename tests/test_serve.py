@@ -226,3 +226,72 @@ def test_concurrent_requests_on_loopback(app: fastapi.FastAPI) -> None:
         for body in bodies[1:]:
             assert body["clip"]["probabilities"] == pytest.approx(first, abs=1e-6)
     assert results[0][2]["clip"]["label"] == "siren"
+
+
+def test_long_upload_is_classified_from_the_spooled_file(
+    model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """20 s of 44.1 kHz stereo WAV (3.5 MB: on disk in Starlette's spool), many windows long: streamed from
+    the spooled file, never read into bytes, with the library's result and the whole-waveform pictures."""
+    import starlette.datastructures
+
+    import urbansound.serve.app as app_module
+    from urbansound.data.audio import load_audio
+
+    async def no_read(*args: object, **kwargs: object) -> bytes:
+        raise AssertionError("the upload was read into memory")
+
+    sources: list[object] = []
+
+    def recording_stream(source: object, *args: object, **kwargs: object) -> object:
+        sources.append(source)
+        return stream_audio(source, *args, **kwargs)
+
+    stream_audio = app_module.stream_audio
+    monkeypatch.setattr(starlette.datastructures.UploadFile, "read", no_read)
+    monkeypatch.setattr(app_module, "stream_audio", recording_stream)
+    rng = np.random.default_rng(8)
+    recording = scene(None, 20.0, 44_100, rng)
+    recording[8 * 44_100 : 12 * 44_100] += scene("siren", 4.0, 44_100, rng)
+    path = tmp_path / "street.wav"
+    sf.write(path, np.stack([recording, 0.9 * recording], axis=1), 44_100, subtype="PCM_16")
+    client = TestClient(create_app(model_path, max_upload_bytes=8 * 2**20, max_duration_s=60.0))
+    response = upload(client, path.read_bytes(), "street.wav", "?visuals=true")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    (source,) = sources
+    assert getattr(source, "_rolled", None) is True  # a temporary file on disk, not bytes in memory
+
+    predictor = Predictor.from_file(model_path)
+    expected = predictor.predict_waveform(load_audio(path, predictor.sample_rate))
+    assert [w["start_s"] for w in body["timeline"]] == [round(w.start_s, 4) for w in expected.windows]
+    assert len(body["timeline"]) == 39 and body["duration_s"] == pytest.approx(20.0, abs=1e-4)
+    got = np.array([[w["probabilities"][c] for c in expected.class_names] for w in body["timeline"]])
+    np.testing.assert_allclose(got, np.stack([w.probabilities for w in expected.windows]), atol=1e-5)
+    assert {w["label"] for w in body["timeline"] if w["start_s"] >= 8.0 and w["end_s"] <= 12.0} == {"siren"}
+    assert_pictures_equal_whole(body, predictor, load_audio(path, predictor.sample_rate))
+
+
+def assert_pictures_equal_whole(body: dict, predictor: Predictor, waveform: np.ndarray) -> None:
+    """The streamed envelope and spectrogram equal those of the whole waveform (to the JSON's rounding)."""
+    from urbansound.serve.app import downsample_frames, envelope
+
+    whole = envelope(waveform)
+    np.testing.assert_allclose(body["waveform"]["min"], whole["min"], atol=1e-4)
+    np.testing.assert_allclose(body["waveform"]["max"], whole["max"], atol=1e-4)
+    features = np.nan_to_num(downsample_frames(predictor.features(waveform)), posinf=0.0, neginf=0.0)
+    np.testing.assert_allclose(np.array(body["spectrogram"]["db"]), features, atol=0.05 + 1e-3)
+
+
+def test_streamed_pictures_equal_whole_waveform(model_path: Path) -> None:
+    """Any length (fewer samples than envelope points, fewer frames than columns, many) and block size."""
+    from urbansound.serve.app import StreamingVisuals
+
+    predictor = Predictor.from_file(model_path)
+    rng = np.random.default_rng(9)
+    for n, block in [(300, 7), (20_000, 999), (16_000 * 7 + 5, 4096), (16_000 * 12, 32_768)]:
+        waveform = (scene("siren", n / 16_000, 16_000, rng)[:n] * rng.uniform(0.2, 1.0)).astype(np.float32)
+        visuals = StreamingVisuals(predictor, n)
+        blocks = [waveform[i : i + block] for i in range(0, n, block)]
+        assert np.array_equal(np.concatenate(list(visuals.tap(blocks))), waveform)
+        assert_pictures_equal_whole(visuals.result(), predictor, waveform)

@@ -14,6 +14,11 @@ Windowing, in seconds (``W`` = window, ``H`` = hop, ``L`` = recording length):
 The default hop is half a window: events that straddle a window boundary still fill most of some window,
 and the timeline resolves them to ``W / 2``; it costs twice the compute of non-overlapping windows.
 
+Files are read in blocks (:func:`~urbansound.data.audio.stream_audio`): windows are cut from a buffer of
+about one window plus one block as they become complete and classified in batches, so a recording of any
+length takes the same memory; the result equals classifying the whole decoded waveform. Only the per-window
+results (a start time and the class probabilities) grow with the length.
+
 Example::
 
     predictor = Predictor.from_file("runs/20250101-120000-run/model.safetensors")
@@ -32,22 +37,27 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm import tqdm
 
-from urbansound.data.audio import load_audio, load_audio_or_reason, resample, to_mono
-from urbansound.errors import ConfigError, DataError
+from urbansound.data.audio import resample, stream_audio, to_mono
+from urbansound.errors import ConfigError, DataError, ResourceError
 from urbansound.features.frontend import AudioClassifier
+from urbansound.features.spectrogram import log_filterbank_spectrogram
 from urbansound.modelfile import ModelSpec, load_model_file
 
 logger = logging.getLogger(__name__)
 
 # Default hop as a fraction of the window: half-overlapping windows (see the module docstring).
 DEFAULT_HOP_FRACTION = 0.5
+
+# Blocks each decoding worker may have in flight: a few short files' worth of read-ahead, so the model does
+# not wait on decoding, while a long file's blocks stay a few MB in all.
+BLOCK_PREFETCH = 8
 
 
 @dataclass
@@ -128,28 +138,153 @@ class FileResult:
 
 @dataclass
 class _Pending:
-    """A file waiting for its windows' outputs, or a failed one waiting for its turn to be yielded."""
+    """A recording's windows on their way through the model; in ``predict_files`` also a file waiting for
+    its turn to be yielded, or a failed one with its reason."""
 
-    path: Path
+    path: Path | None = None
     error: str | None = None
-    starts: np.ndarray | None = None  # (n_windows,) window starts in samples; None when decoding failed
-    n_samples: int = 0
+    starts: list[int] = field(default_factory=list)  # window starts in samples, in cutting order
     probabilities: list[np.ndarray] = field(default_factory=list)  # one (n_classes,) per finished window
+    n_samples: int = 0  # the recording's length at the model's rate, once it has ended
+    cut: bool = False  # the recording has ended and every window has been cut
+
+    @property
+    def ready(self) -> bool:
+        """Failed, or every window cut and through the model."""
+        return self.error is not None or (self.cut and len(self.probabilities) == len(self.starts))
 
 
-class DecodeDataset(Dataset):
-    """Decodes one file per item in a DataLoader worker; an unreadable file becomes its error message."""
+class StreamingWindows:
+    """Cuts consecutive mono blocks into the windows :meth:`Predictor.window_starts` lays over their whole.
+
+    Regular windows (starts ``0, hop, 2 hop, ...``) are cut as soon as their last sample arrives; at the end,
+    :meth:`finish` adds the end-aligned last window, or the zero-padded only window of a recording shorter
+    than a window, so the total length need not be known in advance. The buffer keeps only the last
+    ``window`` samples between blocks (all a window still to come can use), so it never holds more than one
+    window plus the newest block (``peak_buffered`` records the most it held).
+
+    Example::
+
+        cutter = StreamingWindows(window=16_000, hop=8_000)
+        for block in blocks:
+            for start, window in cutter.push(block):
+                ...  # start in samples; window (16_000,), a view valid until the next push
+        for start, window in cutter.finish():
+            ...
+    """
+
+    def __init__(self, window: int, hop: int) -> None:
+        if window < 1 or hop < 1:
+            raise ConfigError(f"window and hop must be at least one sample, got {window} and {hop}")
+        self.window = window
+        self.hop = hop
+        self.n_samples = 0  # received so far
+        self.peak_buffered = 0  # samples
+        self._buffer = np.zeros(0, dtype=np.float32)  # samples [self._offset, self.n_samples)
+        self._offset = 0
+        self._next_start = 0  # of the next regular window
+
+    def push(self, block: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        """Append mono samples ``(samples,)``; returns ``(start, window)`` for each window they complete."""
+        # Samples before both the next regular window and the last ``window`` are of no use any more.
+        keep_from = max(0, min(self._next_start, self.n_samples - self.window))
+        self._buffer = np.concatenate(
+            [self._buffer[keep_from - self._offset :], np.asarray(block, dtype=np.float32)]
+        )
+        self._offset = keep_from
+        self.n_samples += block.shape[0]
+        self.peak_buffered = max(self.peak_buffered, self._buffer.shape[0])
+        windows = []
+        while self._next_start + self.window <= self.n_samples:
+            windows.append((self._next_start, self._view(self._next_start)))
+            self._next_start += self.hop
+        return windows
+
+    def finish(self) -> list[tuple[int, np.ndarray]]:
+        """The windows only the end can place: the end-aligned last one when the regular ones leave a tail,
+        or the only one, right-padded with zeros, of a recording shorter than a window."""
+        n = self.n_samples
+        if n < self.window:
+            return [(0, np.pad(self._buffer, (0, self.window - n)))]
+        if self._next_start - self.hop + self.window >= n:  # the last regular window ends at the end
+            return []
+        return [(n - self.window, self._view(n - self.window))]
+
+    def _view(self, start: int) -> np.ndarray:
+        first = start - self._offset
+        return self._buffer[first : first + self.window]
+
+
+class _WindowBatch:
+    """Windows waiting for one forward pass, of one recording or several, copied into one array."""
+
+    def __init__(self, predictor: Predictor, size: int) -> None:
+        self.predictor = predictor
+        # np.empty maps pages lazily: a short recording's few windows do not make the whole batch resident.
+        self.windows = np.empty((size, predictor.window), dtype=np.float32)  # (batch, window)
+        self.owners: list[_Pending] = []
+
+    def add(self, owner: _Pending, start: int, window: np.ndarray) -> None:
+        """Queue ``owner``'s window starting at sample ``start``; a full batch runs at once."""
+        owner.starts.append(start)
+        self.windows[len(self.owners)] = window
+        self.owners.append(owner)
+        if len(self.owners) == self.windows.shape[0]:
+            self.run()
+
+    def run(self) -> None:
+        """Classify the queued windows (if any), handing each owner its windows' probabilities in order."""
+        if not self.owners:
+            return
+        probabilities = self.predictor.probabilities(self.windows[: len(self.owners)])
+        for owner, probs in zip(self.owners, probabilities, strict=True):
+            owner.probabilities.append(probs)
+        self.owners.clear()
+
+
+class FileBlock(NamedTuple):
+    """One message from a decoding worker: a block of one file's samples, or the reason the file failed."""
+
+    index: int  # of the file in the input list
+    samples: np.ndarray | None  # (samples,) mono float32 at the model's rate; None on failure
+    error: str | None = None
+    last: bool = False  # the file's final message
+
+
+def file_blocks(index: int, path: Path, sample_rate: int) -> Iterator[FileBlock]:
+    """A file as :class:`FileBlock` messages: its blocks, the last one marked, or a message with the reason
+    it cannot be read (possibly after some blocks, when the damage is midway)."""
+    if not path.is_file():
+        yield FileBlock(index, None, f"{path}: no such file", True)
+        return
+    previous = None  # one block of look-ahead, to mark the last
+    try:
+        for block in stream_audio(path, sample_rate):
+            if previous is not None:
+                yield FileBlock(index, previous)
+            previous = block
+    except DataError as error:
+        yield FileBlock(index, None, str(error), True)
+        return
+    except Exception as error:  # noqa: BLE001 - any decoder or resampler failure is reported per file
+        yield FileBlock(index, None, f"{path}: cannot load audio ({type(error).__name__}: {error})", True)
+        return
+    yield FileBlock(index, previous if previous is not None else np.zeros(0, np.float32), None, True)
+
+
+class BlockDataset(IterableDataset):
+    """Streams files as :class:`FileBlock` messages. With ``k`` DataLoader workers, worker ``w`` reads
+    files ``w, w + k, w + 2k, ...`` one after another, so each file's blocks arrive in order."""
 
     def __init__(self, paths: Sequence[Path], sample_rate: int) -> None:
         self.paths = list(paths)
         self.sample_rate = sample_rate
 
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, str | None]:
-        waveform, reason = load_audio_or_reason(self.paths[i], self.sample_rate)
-        return i, waveform, reason or None
+    def __iter__(self) -> Iterator[FileBlock]:
+        worker = get_worker_info()
+        first, step = (0, 1) if worker is None else (worker.id, worker.num_workers)
+        for index in range(first, len(self.paths), step):
+            yield from file_blocks(index, self.paths[index], self.sample_rate)
 
 
 def _first(batch: list[Any]) -> Any:
@@ -157,15 +292,20 @@ def _first(batch: list[Any]) -> Any:
     return batch[0]
 
 
-def decode_loader(paths: Sequence[Path], sample_rate: int, num_workers: int) -> DataLoader:
-    """Yields ``(index, waveform or None, error or None)`` per path, in order, decoded in ``num_workers``
-    worker processes (0: in this process) to mono float32 at ``sample_rate`` Hz."""
+def block_loader(paths: Sequence[Path], sample_rate: int, num_workers: int) -> DataLoader:
+    """Yields :class:`FileBlock` messages of ``paths``, decoded in ``num_workers`` worker processes (0: in
+    this process) to mono float32 at ``sample_rate`` Hz.
+
+    The loader takes one message from each worker in turn, so a long file on one worker does not hold up
+    the files of another, and at most ``BLOCK_PREFETCH`` blocks per worker are in flight whatever the files'
+    lengths (a whole file never travels through the worker queue).
+    """
     return DataLoader(
-        DecodeDataset(paths, sample_rate),
+        BlockDataset(paths, sample_rate),
         batch_size=1,
         num_workers=num_workers,
         collate_fn=_first,
-        prefetch_factor=4 if num_workers else None,
+        prefetch_factor=BLOCK_PREFETCH if num_workers else None,
     )
 
 
@@ -192,6 +332,8 @@ class Predictor:
         self.sample_rate = spec.audio.sample_rate  # Hz
         self.window = spec.audio.n_samples  # samples per window (the training clip length)
         self._lock = threading.Lock()
+        # Windows per forward pass known to fit in device memory, once a larger batch ran out (None: any).
+        self._fitting_batch: int | None = None
 
     @classmethod
     def from_file(cls, model_path: str | Path, device: str | torch.device = "cpu") -> Predictor:
@@ -229,17 +371,72 @@ class Predictor:
         return view[starts]  # fancy indexing copies only the selected windows
 
     def probabilities(self, windows: np.ndarray | torch.Tensor) -> np.ndarray:
-        """Class probabilities ``(batch, n_classes)`` of waveforms ``(batch, window)`` at the model's rate."""
-        batch = torch.as_tensor(np.ascontiguousarray(windows, dtype=np.float32)).to(self.device)
-        with self._lock, torch.inference_mode():
+        """Class probabilities ``(batch, n_classes)`` of waveforms ``(batch, window)`` at the model's rate.
+
+        When the device runs out of memory, the windows are retried in halves (down to one at a time); the
+        size that fits is kept for later calls, and a warning names the failed and the used size.
+
+        Raises:
+            ResourceError: not even a single window fits in device memory.
+        """
+        windows = np.ascontiguousarray(windows, dtype=np.float32)
+        outputs: list[np.ndarray] = []
+        with self._lock:
+            size = min(windows.shape[0], self._fitting_batch or windows.shape[0])
+            done, failed = 0, None
+            while done < windows.shape[0]:
+                try:
+                    outputs.append(self._forward(windows[done : done + size]))
+                    done += size
+                    continue
+                except torch.OutOfMemoryError:
+                    pass  # retried below, outside the handler: its traceback holds the failed pass's tensors
+                if size == 1:
+                    raise ResourceError(
+                        f"{self.device} ran out of memory classifying a single window "
+                        f"({self.window_s:g} s at {self.sample_rate} Hz): free memory on the device (another "
+                        "process may hold it) or predict on the CPU (--device cpu)"
+                    )
+                failed = failed or size
+                size //= 2
+                self._fitting_batch = size
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()  # return the failed pass's blocks before the smaller retry
+            if failed is not None:
+                logger.warning(
+                    "%s ran out of memory on a batch of %d windows; classifying %d at a time from now on "
+                    "(a smaller --batch-size avoids the failed attempt)",
+                    self.device,
+                    failed,
+                    size,
+                )
+        if not outputs:
+            return np.zeros((0, len(self.class_names)), dtype=np.float32)
+        return np.concatenate(outputs)
+
+    def _forward(self, windows: np.ndarray) -> np.ndarray:
+        """Model softmax ``(batch, n_classes)`` of float32 ``(batch, window)``; the caller holds the lock."""
+        batch = torch.from_numpy(windows).to(self.device)
+        with torch.inference_mode():
             logits = self.model(batch)  # (batch, n_classes)
             return torch.softmax(logits.float(), dim=-1).cpu().numpy()
 
-    def features(self, waveform: np.ndarray) -> np.ndarray:
-        """The model's dB band energies ``(n_bands, frames)`` of a whole mono waveform (for display)."""
+    def features(self, waveform: np.ndarray, floor: bool = True) -> np.ndarray:
+        """The model's dB band energies ``(n_bands, frames)`` of a whole mono waveform (for display).
+
+        With ``floor=False`` the front end's ``top_db`` floor (below the waveform's own maximum) is left out:
+        for a long recording computed piece by piece, the floor is applied once over all the pieces.
+        """
         x = torch.as_tensor(np.ascontiguousarray(waveform, dtype=np.float32)).to(self.device)[None]
+        frontend = self.model.frontend
         with self._lock, torch.inference_mode():
-            return self.model.frontend(x)[0].cpu().numpy()
+            if floor:
+                return frontend(x)[0].cpu().numpy()
+            config = frontend.config
+            raw = log_filterbank_spectrogram(
+                x, frontend.filterbank, config.n_fft, config.hop_length, None, frontend.window
+            )  # (1, n_bands, frames)
+            return raw[0].cpu().numpy()
 
     def prepare(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
         """Mono float32 at the model's rate from ``(samples,)`` or ``(samples, channels)`` audio."""
@@ -283,6 +480,9 @@ class Predictor:
     ) -> Prediction:
         """Classify one recording: a file path, or an array ``(samples,)``/``(samples, channels)``.
 
+        A file is read in blocks (:meth:`predict_stream`), so its length does not change the memory needed;
+        an array is classified as given (:meth:`predict_waveform`).
+
         Args:
             source: audio file (any format soundfile reads), or samples in [-1, 1].
             sample_rate: Hz of an array ``source`` (required then); ignored for files.
@@ -293,14 +493,12 @@ class Predictor:
             DataError: the file cannot be decoded, or the array is not audio.
         """
         if isinstance(source, (str, Path)):
-            waveform = load_audio(source, self.sample_rate)
-            name: str | None = str(source)
-        else:
-            if sample_rate is None:
-                raise ConfigError("sample_rate (Hz) is required when predicting from an array")
-            waveform = self.prepare(source, sample_rate)
-            name = None
-        return self.predict_waveform(waveform, hop=hop, batch_size=batch_size, source=name)
+            blocks = stream_audio(source, self.sample_rate)
+            return self.predict_stream(blocks, hop=hop, batch_size=batch_size, source=str(source))
+        if sample_rate is None:
+            raise ConfigError("sample_rate (Hz) is required when predicting from an array")
+        waveform = self.prepare(source, sample_rate)
+        return self.predict_waveform(waveform, hop=hop, batch_size=batch_size)
 
     def predict_waveform(
         self, waveform: np.ndarray, hop: float | None = None, batch_size: int = 64, source: str | None = None
@@ -316,6 +514,42 @@ class Predictor:
         )
         return self._assemble(starts, probabilities, waveform.shape[0], source)
 
+    def predict_stream(
+        self,
+        blocks: Iterable[np.ndarray],
+        hop: float | None = None,
+        batch_size: int = 64,
+        source: str | None = None,
+    ) -> Prediction:
+        """Classify a recording given as consecutive mono float32 blocks ``(samples,)`` at the model's rate.
+
+        Holds one window plus one block of audio and one batch of windows at a time, whatever the length;
+        the result equals :meth:`predict_waveform` on the blocks' concatenation (same windows, same
+        probabilities up to float rounding).
+
+        Example::
+
+            blocks = stream_audio("night.flac", predictor.sample_rate)
+            prediction = predictor.predict_stream(blocks, source="night.flac")
+
+        Raises:
+            ConfigError: a bad ``hop`` or ``batch_size``.
+            DataError: from the blocks' source, or when the samples give no finite prediction.
+        """
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+        cutter = StreamingWindows(self.window, self.hop_samples(hop))
+        item = _Pending()
+        batch = _WindowBatch(self, batch_size)
+        for block in blocks:
+            for start, window in cutter.push(block):
+                batch.add(item, start, window)
+        for start, window in cutter.finish():
+            batch.add(item, start, window)
+        batch.run()
+        starts = np.asarray(item.starts, dtype=np.int64)
+        return self._assemble(starts, np.stack(item.probabilities), cutter.n_samples, source)
+
     def predict_files(
         self,
         paths: Iterable[str | Path],
@@ -326,74 +560,69 @@ class Predictor:
     ) -> Iterator[FileResult]:
         """Classify many files, yielding one :class:`FileResult` per path, in input order.
 
-        Files are decoded (and resampled) in ``num_workers`` DataLoader worker processes while the main
-        process runs the model; windows of consecutive files are packed into batches of ``batch_size``
-        windows, one forward pass per batch. A file that cannot be read yields a result with ``error`` set
-        (its reason) and does not stop the others.
+        Files are decoded (and resampled) block by block in ``num_workers`` DataLoader worker processes
+        while the main process cuts windows and runs the model; windows of consecutive files are packed
+        into batches of ``batch_size`` windows, one forward pass per batch. Memory does not grow with the
+        files' lengths: each file in progress holds about one window plus one block of audio. A file that
+        cannot be read yields a result with ``error`` set (its reason) and does not stop the others.
         """
         paths = [Path(p) for p in paths]
-        self.hop_samples(hop)  # a bad hop fails here, before any worker starts
+        hop_n = self.hop_samples(hop)  # a bad hop fails here, before any worker starts
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
         workers = num_workers if len(paths) > 1 else 0  # a worker's start-up costs more than one file
-        loader = decode_loader(paths, self.sample_rate, workers)
-        pending: deque[_Pending] = deque()  # every file not yet yielded, in input order
-        # Files with windows not yet through the model: (file, waveform, index of its next window).
-        queue: deque[tuple[_Pending, np.ndarray, int]] = deque()
-        queued = 0  # windows in ``queue``
-
-        def run_batch() -> None:
-            """One forward pass over the next (up to) ``batch_size`` queued windows, across files."""
-            nonlocal queued
-            pieces: list[np.ndarray] = []
-            owners: list[_Pending] = []
-            while queue and len(owners) < batch_size:
-                item, waveform, first = queue.popleft()
-                assert item.starts is not None
-                take = min(batch_size - len(owners), len(item.starts) - first)
-                pieces.append(self.windows(waveform, item.starts[first : first + take]))
-                owners.extend([item] * take)
-                if first + take < len(item.starts):
-                    queue.appendleft((item, waveform, first + take))
-            queued -= len(owners)
-            for owner, probs in zip(owners, self.probabilities(np.concatenate(pieces)), strict=True):
-                owner.probabilities.append(probs)
+        items = [_Pending(path) for path in paths]
+        pending = deque(items)  # every file not yet yielded, in input order
+        cutters: dict[int, StreamingWindows] = {}  # files partly received, by index
+        batch = _WindowBatch(self, batch_size)
 
         def completed() -> Iterator[FileResult]:
             """Yield finished files from the front of ``pending``, keeping input order."""
-            while pending and (
-                pending[0].starts is None or len(pending[0].probabilities) == len(pending[0].starts)
-            ):
+            while pending and pending[0].ready:
                 item = pending.popleft()
+                result = self._file_result(item)
+                item.starts, item.probabilities = [], []  # the result has them; ``items`` keeps a shell
                 bar.update(1)
-                if item.starts is None:
-                    yield FileResult(item.path, error=item.error)
-                else:
-                    probabilities = np.stack(item.probabilities)  # (n_windows, n_classes)
-                    try:
-                        prediction = self._assemble(
-                            item.starts, probabilities, item.n_samples, str(item.path)
-                        )
-                    except DataError as error:
-                        yield FileResult(item.path, error=str(error))
-                    else:
-                        yield FileResult(item.path, prediction=prediction)
+                yield result
 
         bar = tqdm(total=len(paths), unit="file", disable=not progress, desc="predict")
         try:
-            for index, waveform, error in loader:
-                item = _Pending(paths[index], error=error)
-                pending.append(item)
-                if waveform is not None:
-                    item.starts = self.window_starts(waveform.shape[0], hop)
-                    item.n_samples = waveform.shape[0]
-                    queue.append((item, waveform, 0))
-                    queued += len(item.starts)
-                while queued >= batch_size:
-                    run_batch()
+            for message in block_loader(paths, self.sample_rate, workers):
+                item = items[message.index]
+                if message.error is not None:
+                    item.error = message.error
+                    cutters.pop(message.index, None)
+                else:
+                    cutter = cutters.get(message.index) or StreamingWindows(self.window, hop_n)
+                    cutters[message.index] = cutter
+                    self._cut_block(cutter, item, message, batch)
+                    if message.last:
+                        del cutters[message.index]
                 yield from completed()
-            while queued:
-                run_batch()
+            batch.run()
             yield from completed()
         finally:
             bar.close()
+
+    @staticmethod
+    def _cut_block(cutter: StreamingWindows, item: _Pending, message: FileBlock, batch: _WindowBatch) -> None:
+        """Queue the windows a file's block completes, and at its last block the ones only the end places."""
+        assert message.samples is not None
+        windows = cutter.push(message.samples)
+        if message.last:
+            windows += cutter.finish()
+            item.n_samples, item.cut = cutter.n_samples, True
+        for start, window in windows:
+            batch.add(item, start, window)
+
+    def _file_result(self, item: _Pending) -> FileResult:
+        """A finished file's result: its prediction, or its reason for having none."""
+        assert item.path is not None
+        if item.error is not None:
+            return FileResult(item.path, error=item.error)
+        starts = np.asarray(item.starts, dtype=np.int64)
+        try:
+            prediction = self._assemble(starts, np.stack(item.probabilities), item.n_samples, str(item.path))
+        except DataError as error:
+            return FileResult(item.path, error=str(error))
+        return FileResult(item.path, prediction=prediction)

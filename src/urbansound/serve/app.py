@@ -7,21 +7,26 @@ Every rejected request gets a 4xx with a JSON ``detail`` naming the problem, nev
 
 * 400: empty upload, or audio without samples;
 * 413: upload larger than ``max_upload_bytes``, or longer than ``max_duration_s``;
-* 415: the upload is not audio that libsndfile can decode;
-* 422: missing ``file`` field, bad query parameters, or audio holding NaN/infinite samples.
+* 415: the upload is not audio that libsndfile can decode (its header cannot be read);
+* 422: missing ``file`` field, bad query parameters, audio holding NaN/infinite samples, or audio damaged
+  after a readable header;
+* 503: the model's device is out of memory even for one window at a time.
 
-The model call is blocking, so it runs in Starlette's thread pool; :class:`Predictor` serialises forward
-passes with a lock while decoding and resampling of concurrent requests proceed in parallel.
+Memory does not grow with the upload: Starlette spools the multipart file to a temporary file on disk (past
+1 MiB), its header is checked against the limits, and the recording is then decoded, resampled, classified
+and drawn block by block from that file (:meth:`Predictor.predict_stream`, :class:`StreamingVisuals`).
+The work is blocking, so it runs in Starlette's thread pool; :class:`Predictor` serialises forward passes
+with a lock while decoding and resampling of concurrent requests proceed in parallel.
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import time
+from collections.abc import Iterable, Iterator
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import soundfile
@@ -31,7 +36,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from urbansound import __version__
-from urbansound.errors import DataError
+from urbansound.data.audio import resampled_length, stream_audio
+from urbansound.errors import DataError, ResourceError
 from urbansound.inference import Predictor
 
 logger = logging.getLogger(__name__)
@@ -80,38 +86,42 @@ class BodySizeLimit:
         await self.app(scope, counting_receive, send)
 
 
-def decode_upload(data: bytes, max_duration_s: float) -> tuple[np.ndarray, int]:
-    """Decode uploaded bytes to ``(samples, channels)`` float32 and the sample rate (Hz).
-
-    The duration is read from the header first, so an over-long file is refused before it is decoded.
+def probe_upload(upload: BinaryIO, max_duration_s: float) -> tuple[int, int]:
+    """Frames and sample rate (Hz) from the uploaded file's header, before any sample is decoded.
 
     Raises:
-        HTTPException: 400 (no samples), 413 (too long), 415 (not decodable audio), 422 (NaN samples).
+        HTTPException: 400 (no samples), 413 (longer than ``max_duration_s``), 415 (not decodable audio).
     """
     try:
-        with soundfile.SoundFile(io.BytesIO(data)) as handle:
-            frames, sample_rate = handle.frames, handle.samplerate
-            if frames <= 0 or sample_rate <= 0:
-                raise HTTPException(status_code=400, detail="the audio holds no samples")
-            if frames / sample_rate > max_duration_s:
-                raise HTTPException(
-                    status_code=413,
-                    detail=f"audio too long: {frames / sample_rate:.1f} s, the limit is {max_duration_s:g} s",
-                )
-            samples = handle.read(dtype="float32", always_2d=True)
+        upload.seek(0)
+        with soundfile.SoundFile(upload) as handle:
+            frames, sample_rate = int(handle.frames), int(handle.samplerate)
     except (soundfile.LibsndfileError, RuntimeError, ValueError, TypeError, EOFError) as error:
-        # libsndfile's own reason ("Format not recognised."), without the in-memory file's repr.
+        # libsndfile's own reason ("Format not recognised."), without the file object's repr.
         reason = getattr(error, "error_string", None) or str(error)
         raise HTTPException(status_code=415, detail=f"cannot decode the upload as audio: {reason}") from None
-    if samples.shape[0] == 0:
+    if frames <= 0 or sample_rate <= 0:
         raise HTTPException(status_code=400, detail="the audio holds no samples")
-    if not np.isfinite(samples).all():
-        raise HTTPException(status_code=422, detail="the audio holds NaN or infinite samples")
-    return samples, int(sample_rate)
+    if frames / sample_rate > max_duration_s:
+        raise HTTPException(
+            status_code=413,
+            detail=f"audio too long: {frames / sample_rate:.1f} s, the limit is {max_duration_s:g} s",
+        )
+    return frames, sample_rate
+
+
+def upload_size(upload: BinaryIO) -> int:
+    """Bytes in a spooled upload (its end's offset); leaves it at its start."""
+    size = upload.seek(0, 2)
+    upload.seek(0)
+    return size
 
 
 def envelope(waveform: np.ndarray, points: int = ENVELOPE_POINTS) -> dict[str, list[float]]:
-    """Min and max of the waveform in ``points`` equal slices: enough to draw it at any screen width."""
+    """Min and max of the waveform in ``points`` equal slices: enough to draw it at any screen width.
+
+    The whole-waveform definition; :class:`StreamingVisuals` computes the same block by block.
+    """
     n = min(points, waveform.shape[0])
     edges = np.linspace(0, waveform.shape[0], n + 1).astype(np.int64)
     lows = np.minimum.reduceat(waveform, edges[:-1])
@@ -125,6 +135,156 @@ def downsample_frames(features: np.ndarray, frames: int = SPECTROGRAM_FRAMES) ->
         return features
     edges = np.linspace(0, features.shape[1], frames + 1).astype(np.int64)
     return np.maximum.reduceat(features, edges[:-1], axis=1)
+
+
+def fold_groups(
+    target: np.ndarray, edges: np.ndarray, values: np.ndarray, first: int, reduce: np.ufunc
+) -> None:
+    """Reduce items ``first, first + 1, ...`` (along ``values``' last axis) into ``target``'s groups, group
+    ``g`` holding items ``edges[g]`` to ``edges[g + 1] - 1``: piece by piece, ``reduce.reduceat`` of the
+    whole at ``edges[:-1]``. Items past ``edges[-1]`` are ignored."""
+    count = min(values.shape[-1], int(edges[-1]) - first)
+    if count <= 0:
+        return
+    group = int(np.searchsorted(edges, first, side="right")) - 1
+    inside = edges[(edges > first) & (edges < first + count)] - first  # group starts within this piece
+    starts = np.concatenate([np.zeros(1, dtype=np.int64), inside.astype(np.int64)])
+    reduced = reduce.reduceat(values[..., :count], starts, axis=-1)
+    span = slice(group, group + starts.shape[0])
+    target[..., span] = reduce(target[..., span], reduced)
+
+
+class StreamingVisuals:
+    """The page's waveform envelope and spectrogram of a recording of known length, fed block by block.
+
+    Equal to :func:`envelope` of the whole waveform and :func:`downsample_frames` of the front end's features
+    of it, while holding about one block of audio. The spectrogram is computed in pieces without the front
+    end's ``top_db`` floor, which is applied once at the end: a floor at the recording's maximum minus
+    ``top_db`` commutes with the maximum over groups of frames.
+    """
+
+    def __init__(self, predictor: Predictor, n_samples: int) -> None:
+        self.predictor = predictor
+        self.n_samples = max(n_samples, 1)  # at the model's rate
+        points = min(ENVELOPE_POINTS, self.n_samples)
+        self._sample_edges = np.linspace(0, self.n_samples, points + 1).astype(np.int64)
+        self._low = np.full(points, np.inf, dtype=np.float32)
+        self._high = np.full(points, -np.inf, dtype=np.float32)
+        config = predictor.model.frontend.config
+        self._n_fft, self._hop, self._top_db = config.n_fft, config.hop_length, config.top_db
+        self._n_frames = 1 + self.n_samples // self._hop  # centred frames, as the front end counts them
+        columns = min(SPECTROGRAM_FRAMES, self._n_frames)
+        self._frame_edges = np.linspace(0, self._n_frames, columns + 1).astype(np.int64)
+        self._bands: np.ndarray | None = None  # (n_bands, columns) maxima, from the first frames on
+        # A piece starts this far (a multiple of the hop, at least n_fft // 2 samples) before its first
+        # frame's centre, so that frame sees the recording's samples, not the piece's zero padding.
+        self._context = -(-(self._n_fft // 2) // self._hop) * self._hop
+        self._received = 0
+        self._tail = np.zeros(0, dtype=np.float32)  # samples [self._tail_start, self._received)
+        self._tail_start = 0
+        self._next_frame = 0
+
+    def tap(self, blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """Pass mono blocks ``(samples,)`` at the model's rate through unchanged, taking each in."""
+        for block in blocks:
+            self.push(block)
+            yield block
+        self._add_frames(final=True)
+
+    def push(self, block: np.ndarray) -> None:
+        """Take in the next mono block ``(samples,)`` at the model's rate."""
+        fold_groups(self._low, self._sample_edges, block, self._received, np.minimum)
+        fold_groups(self._high, self._sample_edges, block, self._received, np.maximum)
+        self._tail = np.concatenate([self._tail, block.astype(np.float32, copy=False)])
+        self._received += block.shape[0]
+        self._add_frames(final=False)
+
+    def _add_frames(self, final: bool) -> None:
+        """Fold in the frames whose samples have all arrived (at the end: the rest, zero-padded)."""
+        pad = self._n_fft // 2  # frame f covers samples [f * hop - pad, f * hop - pad + n_fft)
+        complete = max(0, (self._received + pad - self._n_fft) // self._hop + 1)
+        end = self._n_frames if final else min(self._n_frames, complete)
+        first = self._next_frame
+        if end <= first:
+            return
+        start = max(0, first * self._hop - self._context)
+        stop = self._received if final else (end - 1) * self._hop - pad + self._n_fft
+        piece = self._tail[start - self._tail_start : stop - self._tail_start]
+        features = self.predictor.features(piece, floor=False)  # (n_bands, frames) centred at start + j hop
+        skip = (first * self._hop - start) // self._hop
+        if self._bands is None:
+            self._bands = np.full((features.shape[0], len(self._frame_edges) - 1), -np.inf, dtype=np.float32)
+        fold_groups(self._bands, self._frame_edges, features[:, skip : skip + end - first], first, np.maximum)
+        self._next_frame = end
+        keep = max(0, end * self._hop - self._context)
+        self._tail, self._tail_start = self._tail[keep - self._tail_start :], keep
+
+    def result(self) -> dict[str, Any]:
+        """``waveform`` (min/max envelope) and ``spectrogram`` (dB, bands x columns) for the JSON response."""
+        bands = self._bands if self._bands is not None else np.zeros((1, 1), dtype=np.float32)
+        if self._top_db is not None:
+            bands = np.maximum(bands, bands.max() - self._top_db)
+        features = np.nan_to_num(bands, nan=0.0, posinf=0.0, neginf=0.0)  # JSON has no inf/NaN
+        low, high = (np.where(np.isfinite(x), x, 0.0) for x in (self._low, self._high))  # unfilled: 0
+        return {
+            "waveform": {"min": np.round(low, 4).tolist(), "max": np.round(high, 4).tolist()},
+            "spectrogram": {
+                "db": np.round(features, 1).tolist(),  # rows: bands, lowest first
+                "n_bands": int(features.shape[0]),
+                "n_frames": int(features.shape[1]),
+                "min_db": float(features.min()),
+                "max_db": float(features.max()),
+            },
+        }
+
+
+def classify_upload(
+    predictor: Predictor,
+    upload: BinaryIO,
+    filename: str,
+    max_duration_s: float,
+    top_k: int = 5,
+    hop: float | None = None,
+    visuals: bool = False,
+) -> dict[str, Any]:
+    """The JSON response for one spooled upload: its header checked, then classified (and with
+    ``visuals``, drawn) block by block from the file.
+
+    Raises:
+        HTTPException: 400, 413, 415 from the header (:func:`probe_upload`); 422 for undecodable or
+            non-finite samples; 503 when the device is out of memory even for one window.
+    """
+    started = time.perf_counter()
+    frames, sample_rate = probe_upload(upload, max_duration_s)
+    blocks = stream_audio(upload, predictor.sample_rate, name=filename)  # mono, the model's rate
+    drawing = None
+    if visuals:
+        drawing = StreamingVisuals(predictor, resampled_length(frames, sample_rate, predictor.sample_rate))
+        blocks = drawing.tap(blocks)
+    try:
+        prediction = predictor.predict_stream(blocks, hop=hop, source=filename)
+    except DataError as error:
+        raise HTTPException(status_code=422, detail=str(error)) from None
+    except ResourceError as error:
+        raise HTTPException(status_code=503, detail=str(error)) from None
+    result: dict[str, Any] = {
+        "filename": filename,
+        "sample_rate": predictor.sample_rate,
+        "window_s": predictor.window_s,
+        "hop_s": predictor.hop_samples(hop) / predictor.sample_rate,
+        **prediction.to_dict(top_k=top_k),
+    }
+    if drawing is not None:
+        result.update(drawing.result())
+    logger.info(
+        "classified %s (%.1f s): %s %.2f in %.0f ms",
+        filename,
+        prediction.duration_s,
+        prediction.label,
+        prediction.probability,
+        1000 * (time.perf_counter() - started),
+    )
+    return result
 
 
 def create_app(
@@ -175,44 +335,6 @@ def create_app(
     async def classes() -> dict[str, list[str]]:
         return {"classes": predictor.class_names}
 
-    def classify_bytes(
-        data: bytes, filename: str, top_k: int, hop: float | None, visuals: bool
-    ) -> dict[str, Any]:
-        started = time.perf_counter()
-        samples, sample_rate = decode_upload(data, max_duration_s)
-        try:
-            waveform = predictor.prepare(samples, sample_rate)  # mono, model's rate
-            prediction = predictor.predict_waveform(waveform, hop=hop, source=filename)
-        except DataError as error:
-            raise HTTPException(status_code=422, detail=str(error)) from None
-        result: dict[str, Any] = {
-            "filename": filename,
-            "sample_rate": predictor.sample_rate,
-            "window_s": predictor.window_s,
-            "hop_s": predictor.hop_samples(hop) / predictor.sample_rate,
-            **prediction.to_dict(top_k=top_k),
-        }
-        if visuals:
-            features = downsample_frames(predictor.features(waveform))  # (bands, frames), dB
-            features = np.nan_to_num(features, nan=0.0, posinf=0.0, neginf=0.0)  # JSON has no inf/NaN
-            result["waveform"] = envelope(waveform)
-            result["spectrogram"] = {
-                "db": np.round(features, 1).tolist(),  # rows: bands, lowest first
-                "n_bands": int(features.shape[0]),
-                "n_frames": int(features.shape[1]),
-                "min_db": float(features.min()),
-                "max_db": float(features.max()),
-            }
-        logger.info(
-            "classified %s (%.1f s): %s %.2f in %.0f ms",
-            filename,
-            prediction.duration_s,
-            prediction.label,
-            prediction.probability,
-            1000 * (time.perf_counter() - started),
-        )
-        return result
-
     @app.post(
         "/classify",
         summary="Classify an uploaded recording",
@@ -226,7 +348,8 @@ def create_app(
             400: {"description": "empty upload or no audio samples"},
             413: {"description": "upload too large or too long"},
             415: {"description": "not decodable audio"},
-            422: {"description": "missing file, bad parameters or NaN samples"},
+            422: {"description": "missing file, bad parameters, NaN samples or damaged audio"},
+            503: {"description": "the model's device is out of memory"},
         },
     )
     async def classify(
@@ -237,14 +360,17 @@ def create_app(
         ),
         visuals: bool = Query(False, description="add waveform envelope and spectrogram (for the page)"),
     ) -> dict[str, Any]:
-        data = await file.read(max_upload_bytes + 1)
-        if not data:
+        # The upload stays in Starlette's spooled temporary file (on disk past 1 MiB), never in bytes here.
+        size = file.size if file.size is not None else await run_in_threadpool(upload_size, file.file)
+        if size == 0:
             raise HTTPException(status_code=400, detail="empty upload")
-        if len(data) > max_upload_bytes:
+        if size > max_upload_bytes:
             raise HTTPException(
                 status_code=413, detail=f"upload too large: the limit is {max_upload_bytes / 2**20:.1f} MiB"
             )
         filename = file.filename or "upload"
-        return await run_in_threadpool(classify_bytes, data, filename, top_k, hop, visuals)
+        return await run_in_threadpool(
+            classify_upload, predictor, file.file, filename, max_duration_s, top_k, hop, visuals
+        )
 
     return app
