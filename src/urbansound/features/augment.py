@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from urbansound.config import AugmentConfig
+from urbansound.devices import to_device
 from urbansound.features.stretch import pitch_shift, time_stretch
 
 
@@ -156,7 +157,7 @@ class SpecAugment(nn.Module):
         widths = torch.randint(0, width + 1, (batch, count, 1))
         starts = (torch.rand(batch, count, 1) * (size - widths + 1)).long()
         positions = torch.arange(size)[None, None, :]
-        return ((positions >= starts) & (positions < starts + widths)).any(dim=1).to(device)
+        return to_device(((positions >= starts) & (positions < starts + widths)).any(dim=1), device)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         # features: (batch, n_bands, frames)
@@ -210,7 +211,7 @@ class FilterAugment(nn.Module):
         g0, g1 = gains.gather(1, right - 1), gains.gather(1, right)
         weight = ((bands - x0) / (x1 - x0).clamp_min(1e-6)).clamp(0, 1)
         curve = g0 + weight * (g1 - g0)  # (batch, n_bands) dB
-        return features + curve.to(features.device, features.dtype)[:, :, None]
+        return features + to_device(curve, features.device).to(features.dtype)[:, :, None]
 
     def extra_repr(self) -> str:
         return f"gain_db={self.gain_db}, points={self.points}"
@@ -255,7 +256,7 @@ def mixup_batch(
         ``lam * loss(labels) + (1 - lam) * loss(partner labels)``.
     """
     lam = float(torch.distributions.Beta(alpha, alpha).sample())
-    perm = torch.randperm(features.shape[0]).to(features.device)
+    perm = to_device(torch.randperm(features.shape[0]), features.device)
     if domain == "power":
         peak = features.amax(dim=tuple(range(1, features.dim())), keepdim=True)  # (batch, 1, 1)
         mixed = mix_db_in_power(features - peak, features[perm] - peak[perm], lam)

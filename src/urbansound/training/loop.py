@@ -12,6 +12,7 @@ from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 from tqdm import tqdm
 
+from urbansound.devices import to_device
 from urbansound.features.augment import mixup_batch
 from urbansound.features.frontend import AudioClassifier
 
@@ -186,13 +187,18 @@ class ResidentBatches:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         device = self.resident.device
-        choice = torch.from_numpy(self.resident.dataset.choice).to(device)
+        choice = to_device(torch.from_numpy(self.resident.dataset.choice), device)
         # Iterating a DataLoader draws its workers' base seed from torch's global generator; drawing it here
         # too leaves that generator (SpecAugment's masks, mixup's pairs) where the loader path leaves it, so
         # both paths train to the same weights and a checkpoint of one resumes exactly in the other.
         torch.empty((), dtype=torch.int64).random_()
-        for positions in self.batch_sampler:
-            yield self.resident.gather(torch.as_tensor(positions, device=device), choice)
+        batches = list(self.batch_sampler)
+        # The epoch's positions go to the device in one copy; a copy per batch would stall it every step.
+        order = to_device(torch.tensor([p for batch in batches for p in batch], dtype=torch.int64), device)
+        start = 0
+        for batch in batches:
+            yield self.resident.gather(order[start : start + len(batch)], choice)
+            start += len(batch)
 
 
 @dataclass
