@@ -227,6 +227,71 @@ def _kaiser_sinc(distance: torch.Tensor, cutoff: float, half_width: float, beta:
     return 2.0 * cutoff * torch.sinc(2.0 * cutoff * distance) * window
 
 
+def _phase_table_pairs(
+    n_seg: int,
+    reach: int,
+    step: float,
+    cutoff: float,
+    half_width: float,
+    beta: float,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    """Weight tables of :func:`resample`, side by side for each phase and the next:
+    ``(_PHASES, n_seg, 2 * _BLOCK)``.
+
+    For phi = p / _PHASES, p = 0 .. _PHASES: w[p, q, i] = kernel(distance from input first + q to output i of
+    a block whose first position is base + phi). Distances stay below ~200 samples, so the input's dtype
+    (float32: ~1e-5 sample) is precise enough, and twice as fast as float64 for the Bessel function, the bulk
+    of the fixed cost of a call on a CPU.
+    """
+    q = torch.arange(n_seg, device=device, dtype=dtype)
+    i = torch.arange(_BLOCK, device=device, dtype=dtype)
+    p = torch.arange(_PHASES + 1, device=device, dtype=dtype) / _PHASES
+    distance = q.reshape(1, -1, 1) - (reach - 1) - p.reshape(-1, 1, 1) - i.reshape(1, 1, -1) * step
+    tables = _kaiser_sinc(distance, cutoff, half_width, beta)  # (_PHASES + 1, n_seg, _BLOCK)
+    return torch.cat([tables.narrow(0, 0, _PHASES), tables.narrow(0, 1, _PHASES)], dim=2)
+
+
+def _apply_blocks(
+    x_pad: torch.Tensor,
+    seg_start: torch.Tensor,
+    block_alpha: torch.Tensor,
+    block_index: torch.Tensor,
+    pairs: torch.Tensor,
+    counts: list[int],
+    n_blocks: int,
+    max_elements: int,
+) -> torch.Tensor:
+    """The output blocks ``(batch, n_blocks, _BLOCK)`` of :func:`resample`: blocks sorted by phase, one
+    matrix product per phase group (split to hold at most ``max_elements`` gathered inputs).
+
+    How (for speed): gathering every output's taps separately is ~100x slower than a matrix product, so the
+    outputs are cut into blocks of ``_BLOCK`` consecutive samples. A block reads one contiguous segment of
+    the input, gathered with index arithmetic, and its weights ``(segment, block)`` depend only on the
+    fractional part ``phi`` of the block's first input position. Blocks are grouped by ``phi`` quantised
+    to ``1 / _PHASES``; each group is one matrix product with the weight tables of its two neighbouring
+    phases, linearly interpolated in ``phi`` (~-81 dB error on white noise against evaluating the kernel at
+    every tap, less for audio). Groups larger than ``max_elements`` gathered values are split.
+    """
+    batch, n_seg = x_pad.shape[0], pairs.shape[1]
+    offsets = torch.arange(n_seg, device=x_pad.device)
+    out = x_pad.new_zeros(batch, n_blocks, _BLOCK)
+    chunk = max(1, max_elements // (batch * n_seg))
+    start = 0
+    for ph, count in enumerate(counts):
+        for lo in range(start, start + count, chunk):
+            hi = min(lo + chunk, start + count)
+            index = seg_start.narrow(0, lo, hi - lo).unsqueeze(1) + offsets  # (blocks, n_seg) into x_pad
+            segments = x_pad.index_select(1, index.reshape(-1)).reshape(batch, hi - lo, n_seg)
+            both = segments @ pairs.select(0, ph)  # (batch, blocks, 2 * _BLOCK): phases ph and ph + 1
+            this, following = both.split(_BLOCK, dim=-1)
+            y = torch.lerp(this, following, block_alpha.narrow(0, lo, hi - lo))
+            out.index_copy_(1, block_index.narrow(0, lo, hi - lo), y)
+        start += count
+    return out
+
+
 def resample(
     waveforms: torch.Tensor,
     orig_sr: float,
@@ -247,13 +312,7 @@ def resample(
     Written by hand because the resampler used elsewhere in the project (soxr, librosa's default) runs only
     on CPU numpy arrays, one clip at a time, and torchaudio is not a dependency.
 
-    How (for speed): gathering every output's taps separately is ~100x slower than a matrix product, so the
-    outputs are cut into blocks of ``_BLOCK`` consecutive samples. A block reads one contiguous segment of
-    the input, gathered with index arithmetic, and its weights ``(segment, block)`` depend only on the
-    fractional part ``phi`` of the block's first input position. Blocks are grouped by ``phi`` quantised
-    to ``1 / _PHASES``; each group is one matrix product with the weight tables of its two neighbouring
-    phases, linearly interpolated in ``phi`` (~-81 dB error on white noise against evaluating the kernel at
-    every tap, less for audio). Groups larger than ``max_elements`` gathered values are split.
+    How it is fast: see :func:`_apply_blocks`.
 
     Args:
         waveforms: real ``(batch, samples)`` (or any ``(..., samples)``) at ``orig_sr`` Hz.
@@ -309,33 +368,8 @@ def resample(
     block_alpha = torch.tensor(alpha[order].tolist(), device=device, dtype=dtype).unsqueeze(1)
     block_index = torch.tensor(order.tolist(), device=device)
 
-    # Weight tables for phi = p / _PHASES, p = 0 .. _PHASES: w[p, q, i] = kernel(distance from input
-    # first + q to output i of a block whose first position is base + phi). Distances stay below ~200
-    # samples, so the input's dtype (float32: ~1e-5 sample) is precise enough, and twice as fast as float64
-    # for the Bessel function, the bulk of the fixed cost of a call on a CPU.
-    q = torch.arange(n_seg, device=device, dtype=dtype)
-    i = torch.arange(_BLOCK, device=device, dtype=dtype)
-    p = torch.arange(_PHASES + 1, device=device, dtype=dtype) / _PHASES
-    distance = q.reshape(1, -1, 1) - (reach - 1) - p.reshape(-1, 1, 1) - i.reshape(1, 1, -1) * step
-    tables = _kaiser_sinc(distance, cutoff, half_width, beta)  # (_PHASES + 1, n_seg, _BLOCK)
-    pairs = torch.cat(
-        [tables.narrow(0, 0, _PHASES), tables.narrow(0, 1, _PHASES)], dim=2
-    )  # (_PHASES, n_seg, 2 * _BLOCK)
-
-    offsets = torch.arange(n_seg, device=device)
-    out = x.new_zeros(batch, n_blocks, _BLOCK)
-    chunk = max(1, max_elements // (batch * n_seg))
-    start = 0
-    for ph, count in enumerate(counts):
-        for lo in range(start, start + count, chunk):
-            hi = min(lo + chunk, start + count)
-            index = seg_start.narrow(0, lo, hi - lo).unsqueeze(1) + offsets  # (blocks, n_seg) into x_pad
-            segments = x_pad.index_select(1, index.reshape(-1)).reshape(batch, hi - lo, n_seg)
-            both = segments @ pairs.select(0, ph)  # (batch, blocks, 2 * _BLOCK): phases ph and ph + 1
-            this, following = both.split(_BLOCK, dim=-1)
-            y = torch.lerp(this, following, block_alpha.narrow(0, lo, hi - lo))
-            out.index_copy_(1, block_index.narrow(0, lo, hi - lo), y)
-        start += count
+    pairs = _phase_table_pairs(n_seg, reach, step, cutoff, half_width, beta, device, dtype)
+    out = _apply_blocks(x_pad, seg_start, block_alpha, block_index, pairs, counts, n_blocks, max_elements)
     return out.reshape(batch, n_blocks * _BLOCK).narrow(1, 0, n_out).reshape(*lead, n_out)
 
 
