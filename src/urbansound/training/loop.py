@@ -306,22 +306,26 @@ class Predictions:
 
 
 @torch.no_grad()
-def evaluate(
-    model: AudioClassifier, loader: DataLoader, device: torch.device, criterion: nn.Module | None = None
-) -> Predictions:
-    """Loss, accuracy and class probabilities over ``loader``, in eval mode."""
-    criterion = criterion or nn.CrossEntropyLoss(reduction="sum")
+def evaluate(model: AudioClassifier, loader: DataLoader, device: torch.device) -> Predictions:
+    """Cross-entropy, accuracy and class probabilities over ``loader``, in eval mode.
+
+    Sums and probabilities stay on the device until the end: one transfer per evaluation, not one (and a
+    wait for the device) per batch.
+    """
     model.eval()
-    total_loss = 0.0
+    total_loss = torch.zeros((), device=device)
     all_labels, all_probs = [], []
     for features, labels in loader:
         features, labels = features.to(device), labels.to(device)
-        logits = model.classify_features(features)
-        total_loss += float(nn.functional.cross_entropy(logits.float(), labels, reduction="sum"))
-        all_probs.append(torch.softmax(logits.float(), dim=1).cpu().numpy())
-        all_labels.append(labels.cpu().numpy())
-    labels_np = np.concatenate(all_labels) if all_labels else np.zeros(0, dtype=np.int64)
-    probs = np.concatenate(all_probs) if all_probs else np.zeros((0, 0), dtype=np.float32)
-    n = max(len(labels_np), 1)
-    accuracy = float((probs.argmax(1) == labels_np).mean()) if len(labels_np) else 0.0
-    return Predictions(loss=total_loss / n, accuracy=accuracy, labels=labels_np, probabilities=probs)
+        logits = model.classify_features(features).float()  # (batch, n_classes)
+        total_loss += nn.functional.cross_entropy(logits, labels, reduction="sum")
+        all_probs.append(torch.softmax(logits, dim=1))
+        all_labels.append(labels)
+    if not all_labels:
+        return Predictions(0.0, 0.0, np.zeros(0, dtype=np.int64), np.zeros((0, 0), dtype=np.float32))
+    labels_np = torch.cat(all_labels).cpu().numpy()
+    probs = torch.cat(all_probs).cpu().numpy()
+    accuracy = float((probs.argmax(1) == labels_np).mean())
+    return Predictions(
+        loss=float(total_loss) / len(labels_np), accuracy=accuracy, labels=labels_np, probabilities=probs
+    )
