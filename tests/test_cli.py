@@ -175,3 +175,49 @@ def test_visualize_draws_class_examples(dataset: Path, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert out.stat().st_size > 20_000  # ten rows of waveform + two spectrograms, not an empty canvas
+
+
+def test_print_config_then_config_reproduces_the_resolved_configuration(
+    dataset: Path, tmp_path: Path
+) -> None:
+    flags = [
+        *data_args(dataset),
+        "--recipe",
+        "baseline",
+        *SMALL,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",  # above the baseline's 16: the resolved (scaled) peak rate is what the file records
+        "--test-fold",
+        "1",
+        "--val-fold",
+        "2",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--runs-dir",
+        str(tmp_path / "runs"),
+    ]
+    printed = run("train", *flags, "--print-config")
+    assert printed.returncode == 0, printed.stderr
+    resolved = json.loads(printed.stdout)
+    assert resolved["recipe"] == "baseline" and resolved["training"]["max_lr"] == pytest.approx(1e-3 * 2**0.5)
+    assert not (tmp_path / "runs").exists()  # printing trains nothing
+    saved = tmp_path / "edited.json"
+    saved.write_text(printed.stdout)
+    result = run("train", "--config", str(saved))
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert json.loads((run_dir / "config.json").read_text()) == resolved
+    # The same file through --print-config FILE, with a flag overriding it.
+    again = tmp_path / "again.json"
+    assert run("train", "--config", str(saved), "--epochs", "2", "--print-config", str(again)).returncode == 0
+    assert json.loads(again.read_text()) == {**resolved, "training": {**resolved["training"], "epochs": 2}}
+
+
+def test_bad_choices_and_config_files_are_usage_errors(dataset: Path, tmp_path: Path) -> None:
+    result = run("train", *data_args(dataset), "--precision", "fp8", "--dry-run")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "unknown precision 'fp8'; choose one of auto, fp32, bf16, fp16" in result.stderr
+    result = run("train", "--config", str(tmp_path / "missing.json"))
+    assert result.returncode == 2 and "missing.json" in result.stderr and "Traceback" not in result.stderr

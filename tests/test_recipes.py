@@ -12,7 +12,7 @@ from test_cli import SMALL
 from test_training import tiny_config
 
 from urbansound.cli import build_parser, main, run_config_from_args
-from urbansound.config import AudioConfig, FeatureConfig, ModelConfig, TrainingConfig
+from urbansound.config import AudioConfig, FeatureConfig, ModelConfig, RunConfig, TrainingConfig, apply_recipe
 from urbansound.errors import ConfigError
 from urbansound.modelfile import ModelSpec, build_classifier, load_pretrained_weights
 from urbansound.training.run import train
@@ -23,8 +23,8 @@ def _config(*flags: str):  # type: ignore[no-untyped-def]
     return run_config_from_args(args)
 
 
-def test_seed_recipe_reproduces_the_seed_settings() -> None:
-    config = _config("--recipe", "seed")
+def test_baseline_recipe_reproduces_the_student_project_settings() -> None:
+    config = _config("--recipe", "baseline")
     assert config.audio == AudioConfig() and config.features == FeatureConfig()
     assert config.model == ModelConfig(name="cnn")
     training = config.training
@@ -37,7 +37,16 @@ def test_seed_recipe_reproduces_the_seed_settings() -> None:
     assert (
         config.augment.variants == 0 and config.augment.mixup_alpha == 0 and not config.augment.spec_augment
     )
-    assert config.recipe == "seed"
+    assert config.recipe == "baseline"
+
+
+def test_recipe_seed_is_an_alias_of_baseline() -> None:
+    """The baseline recipe's first name still works and records the new name."""
+    assert _config("--recipe", "seed") == _config("--recipe", "baseline")
+    assert _config("--recipe", "seed").recipe == "baseline"
+    assert apply_recipe(RunConfig(), "seed") == apply_recipe(RunConfig(), "baseline")
+    with pytest.raises(SystemExit):
+        _config("--recipe", "nonsense")
 
 
 def test_default_recipe_and_explicit_flags_override_it() -> None:
@@ -47,7 +56,7 @@ def test_default_recipe_and_explicit_flags_override_it() -> None:
     assert default.training.scheduler == "cosine" and default.augment.spec_augment
     assert default.audio.sample_rate == 22_050 and default.features.n_mels == 128
     assert default.features.db_reference == "clip_max" and default.training.select_epoch == "last"
-    # An explicit flag wins, even when it equals the seed's value.
+    # An explicit flag wins, even when it equals the baseline recipe's value.
     config = _config("--n-mels", "64", "--mixup", "0", "--scheduler", "onecycle")
     assert config.features.n_mels == 64 and config.augment.mixup_alpha == 0
     assert config.training.scheduler == "onecycle"
@@ -55,10 +64,10 @@ def test_default_recipe_and_explicit_flags_override_it() -> None:
     config = _config("--model", "sbcnn")
     assert config.model.kwargs == {}  # the recipe's options belong to the recipe's model
     config = _config(
-        "--recipe", "seed", "--model-option", "channels=[4, 8, 16, 32]", "--label-smoothing", "0.1"
+        "--recipe", "baseline", "--model-option", "channels=[4, 8, 16, 32]", "--label-smoothing", "0.1"
     )
     assert config.model.kwargs == {"channels": [4, 8, 16, 32]} and config.training.label_smoothing == 0.1
-    assert _config("--recipe", "seed").model.ensemble == 1
+    assert _config("--recipe", "baseline").model.ensemble == 1
     assert _config("--ensemble", "3").model.ensemble == 3
     assert _config("--ensemble", "3", "--model", "crnn").model.ensemble == 3
     with pytest.raises(ConfigError, match="scheduler"):
@@ -123,7 +132,7 @@ def test_crossval_compare_and_models_commands(
         "--data",
         str(tiny_dataset / "audio"),
         "--recipe",
-        "seed",
+        "baseline",
         *SMALL,
         "--epochs",
         "1",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -11,25 +10,36 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from urbansound.config import (
-    DATA_ON_DEVICE,
-    DB_REFERENCES,
-    MIXUP_DOMAINS,
+    DEFAULT_RECIPE,
+    RECIPE_ALIASES,
     RECIPES,
-    SCHEDULERS,
-    SELECT_EPOCH,
     AudioConfig,
     FeatureConfig,
     RunConfig,
-    SplitConfig,
     TrainingConfig,
     apply_recipe,
     normalise_feature_kind,
     scaled_peak_lr,
 )
-from urbansound.data.datasets import LAYOUTS
 from urbansound.errors import ConfigError, UrbanSoundError
+from urbansound.settings import (
+    add_setting_arguments,
+    apply_setting_arguments,
+    dump_config,
+    load_config_file,
+)
 
 logger = logging.getLogger("urbansound")
+
+# Help titles of the setting sections (top-level fields name their own group).
+SECTION_TITLES = {
+    "audio": "audio and features",
+    "features": "audio and features",
+    "model": "model and training (unset flags come from --recipe or --config)",
+    "training": "model and training (unset flags come from --recipe or --config)",
+    "split": "split",
+    "augment": "augmentation (training only; unset flags come from --recipe or --config)",
+}
 
 
 def _int_list(text: str) -> list[int]:
@@ -39,251 +49,112 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def add_data_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    group = parser.add_argument_group("data")
+def _recipe_name(text: str) -> str:
+    name = RECIPE_ALIASES.get(text, text)
+    if name not in RECIPES:
+        raise argparse.ArgumentTypeError(
+            f"unknown recipe {text!r}; choose one of {', '.join(RECIPES)} (or {', '.join(RECIPE_ALIASES)})"
+        )
+    return name
+
+
+def add_starting_point_arguments(parser: argparse.ArgumentParser, config_file: bool) -> None:
+    """--recipe (and, for train and crossval, --config and --print-config): where the settings start."""
+    group = parser.add_argument_group("starting point (any setting flag given overrides it)")
     group.add_argument(
-        "--annotations", required=required, help="UrbanSound8K.csv or ESC-50's esc50.csv (none: folders)"
+        "--recipe",
+        type=_recipe_name,
+        default=argparse.SUPPRESS,
+        metavar="{" + ",".join(RECIPES) + "}",
+        help="named settings to start from: 'default' (the measured best; the default unless --config) or "
+        "'baseline' (the student project's settings; alias: seed)",
+    )
+    if not config_file:
+        return
+    group.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="start from a saved configuration: a run's config.json, a crossval.json, or YAML (with PyYAML)",
     )
     group.add_argument(
-        "--data",
-        required=required,
-        help="audio folder: fold1..fold10 (UrbanSound8K), ESC-50's audio/, or one subfolder per class",
-    )
-    group.add_argument(
-        "--layout",
-        choices=LAYOUTS,
-        default="auto",
-        help="dataset layout (auto: from the annotations' columns; no --annotations: folder per class)",
-    )
-    group.add_argument(
-        "--skip-bad",
-        "--skip_bad",
-        action="store_true",
-        help="skip clips with bad metadata or undecodable audio (listed in the run folder)",
+        "--print-config",
+        nargs="?",
+        const="-",
+        default=None,
+        metavar="FILE",
+        help="write the resolved configuration (JSON to stdout, or to FILE; YAML if FILE ends in .yaml) "
+        "and exit without training",
     )
 
 
-def add_feature_arguments(parser: argparse.ArgumentParser) -> None:
-    audio, features = AudioConfig(), FeatureConfig()
-    group = parser.add_argument_group("audio and features")
-    group.add_argument(
-        "--trans-type",
-        "--trans_type",
-        dest="trans_type",
-        default=features.kind,
-        help="mel_spec (log-mel) or gammatone (alias: gamma)",
+def add_settings(
+    parser: argparse.ArgumentParser,
+    include: Callable[[str], bool] | None = None,
+    required: Sequence[str] = (),
+) -> dict[str, argparse._ArgumentGroup]:
+    """The setting flags declared in ``urbansound.config``, with the default recipe's values in --help."""
+    defaults = apply_recipe(RunConfig(), DEFAULT_RECIPE)
+    return add_setting_arguments(
+        parser, RunConfig, defaults, include=include, required=required, titles=SECTION_TITLES
     )
-    group.add_argument("--sample-rate", type=int, default=audio.sample_rate, help="Hz")
-    group.add_argument(
-        "--duration", type=float, default=audio.duration, help="seconds per clip (cut or padded)"
-    )
-    group.add_argument("--n-fft", type=int, default=features.n_fft)
-    group.add_argument("--hop-length", type=int, default=features.hop_length)
-    group.add_argument(
-        "--n-mels",
-        "--n-bands",
-        dest="n_mels",
-        type=int,
-        default=features.n_mels,
-        help="number of mel or gammatone bands",
-    )
-    group.add_argument("--f-min", type=float, default=features.f_min, help="Hz")
-    group.add_argument("--f-max", type=float, default=features.f_max, help="Hz (default: Nyquist)")
-    group.add_argument("--top-db", type=float, default=features.top_db)
-    group.add_argument(
-        "--db-reference",
-        choices=DB_REFERENCES,
-        default=features.db_reference,
-        help="absolute: dB re full scale (seed); clip_max: dB re each clip's loudest cell (level-invariant)",
-    )
-    group.add_argument("--cache-dir", default="", help="feature cache (default: beside the data folder)")
-    group.add_argument(
-        "--cache-dtype",
-        choices=("float32", "float16"),
-        default="float32",
-        help="storage type of cached features (float16 halves the cache)",
-    )
+
+
+def resolve_config(args: argparse.Namespace) -> RunConfig:
+    """The base configuration (``--config`` FILE, else ``--recipe``, else the default recipe; a recipe
+    given with ``--config`` replaces the file's recipe settings), then every setting flag given."""
+    config_file = getattr(args, "config", None)
+    recipe = getattr(args, "recipe", None)
+    if config_file is not None:
+        config = load_config_file(config_file)
+        if recipe is not None:
+            apply_recipe(config, recipe)
+    else:
+        config = apply_recipe(RunConfig(), recipe or DEFAULT_RECIPE)
+    base_model = config.model.name
+    base_batch, base_lr = config.training.batch_size, config.training.max_lr
+    if getattr(args, "model.name", base_model) != base_model:
+        config.model.kwargs = {}  # the base's model options belong to the base's model
+    given = apply_setting_arguments(config, args)
+    if "training.max_lr" not in given:  # an explicit rate is never scaled
+        config.training.max_lr = scaled_peak_lr(base_lr, base_batch, config.training.batch_size)
+    config.features.kind = normalise_feature_kind(config.features.kind)  # a file may use an alias
+    return config
+
+
+def run_config_from_args(args: argparse.Namespace, require_data: bool = True) -> RunConfig:
+    """The run configuration of train and crossval: ``resolve_config``, checked once."""
+    config = resolve_config(args)
+    if require_data and (
+        not config.data_dir or (not config.annotations and config.layout not in ("auto", "folders"))
+    ):
+        raise ConfigError("--annotations and --data are required (or --config FILE, or --resume RUN_FOLDER)")
+    config.validate()
+    return config
 
 
 def feature_configs(args: argparse.Namespace) -> tuple[AudioConfig, FeatureConfig]:
-    audio = AudioConfig(sample_rate=args.sample_rate, duration=args.duration)
-    features = FeatureConfig(
-        kind=normalise_feature_kind(args.trans_type),
-        n_fft=args.n_fft,
-        hop_length=args.hop_length,
-        n_mels=args.n_mels,
-        f_min=args.f_min,
-        f_max=args.f_max,
-        top_db=args.top_db,
-        db_reference=getattr(args, "db_reference", None) or FeatureConfig.db_reference,
-    )
-    features.validate(audio.sample_rate)
-    return audio, features
+    """Audio and feature settings of commands that only compute features (models, visualize)."""
+    config = resolve_config(args)
+    config.audio.validate()
+    config.features.validate(config.audio.sample_rate)
+    return config.audio, config.features
 
 
-def add_split_arguments(parser: argparse.ArgumentParser) -> None:
-    split = SplitConfig()
-    group = parser.add_argument_group("split")
-    group.add_argument(
-        "--split",
-        choices=("folds", "random"),
-        default=split.method,
-        help="official folds (default) or the seed's leaky random 64/16/20 split",
-    )
-    group.add_argument("--test-fold", type=int, default=split.test_fold)
-    group.add_argument("--val-fold", type=int, default=split.val_fold)
-    group.add_argument(
-        "--val-fraction",
-        type=float,
-        default=None,
-        help="validate on this share of the training recordings (grouped by fsID)",
-    )
-    group.add_argument("--train-folds", type=_int_list, default=None, help="e.g. 1,2,3 (default: the rest)")
+def _features_only(path: str) -> bool:
+    return path.startswith(("audio.", "features."))
 
 
-# Flags a --recipe fills in when they are not given: argparse dest -> (RunConfig section, field).
-RECIPE_FLAGS: dict[str, tuple[str, str]] = {
-    "trans_type": ("features", "kind"),
-    "sample_rate": ("audio", "sample_rate"),
-    "duration": ("audio", "duration"),
-    "n_fft": ("features", "n_fft"),
-    "hop_length": ("features", "hop_length"),
-    "n_mels": ("features", "n_mels"),
-    "f_min": ("features", "f_min"),
-    "f_max": ("features", "f_max"),
-    "top_db": ("features", "top_db"),
-    "db_reference": ("features", "db_reference"),
-    "model": ("model", "name"),
-    "ensemble": ("model", "ensemble"),
-    "epochs": ("training", "epochs"),
-    "batch_size": ("training", "batch_size"),
-    "max_lr": ("training", "max_lr"),
-    "weight_decay": ("training", "weight_decay"),
-    "label_smoothing": ("training", "label_smoothing"),
-    "patience": ("training", "patience"),
-    "scheduler": ("training", "scheduler"),
-    "init_from": ("training", "init_from"),
-    "ema_decay": ("training", "ema_decay"),
-    "select_epoch": ("training", "select_epoch"),
-    "aug_variants": ("augment", "variants"),
-    "freq_masks": ("augment", "freq_masks"),
-    "freq_mask_width": ("augment", "freq_mask_width"),
-    "time_masks": ("augment", "time_masks"),
-    "time_mask_width": ("augment", "time_mask_width"),
-    "mixup": ("augment", "mixup_alpha"),
-    "mixup_domain": ("augment", "mixup_domain"),
-    "filter_gain_db": ("augment", "filter_gain_db"),
-}
-
-
-def add_model_training_arguments(parser: argparse.ArgumentParser) -> None:
-    training = TrainingConfig()
-    group = parser.add_argument_group("model and training (unset flags come from --recipe)")
-    group.add_argument(
-        "--recipe",
-        choices=sorted(RECIPES),
-        default="default",
-        help="named settings to start from: 'default' (the measured best) or 'seed' (the seed's exact "
-        "settings); any flag given explicitly overrides the recipe",
-    )
-    group.add_argument("--model", help="registered model name (see `urbansound models`)")
-    group.add_argument(
-        "--model-option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="model option, VALUE as JSON (e.g. batch_norm=true); repeatable",
-    )
-    group.add_argument(
-        "--ensemble",
-        type=int,
-        metavar="N",
-        help="train N copies of the model from seeds seed..seed+N-1 and average their probabilities "
-        "(one model file; N times the training time)",
-    )
-    group.add_argument("--epochs", type=int)
-    group.add_argument(
-        "--batch-size",
-        "--batch_size",
-        dest="batch_size",
-        type=int,
-        help="global batch: under torchrun each of N processes takes batch-size / N clips; above the "
-        "recipe's batch the peak learning rate grows by sqrt(batch-size / recipe's batch), unless --lr "
-        "is given",
-    )
-    group.add_argument("--lr", "--max-lr", dest="max_lr", type=float, help="peak learning rate")
-    group.add_argument("--scheduler", choices=SCHEDULERS, help="onecycle (seed: Adam) or cosine (AdamW)")
-    group.add_argument("--weight-decay", type=float)
-    group.add_argument("--label-smoothing", type=float)
-    group.add_argument("--patience", type=int, help="early stopping patience in epochs")
-    group.add_argument(
-        "--select-epoch",
-        choices=SELECT_EPOCH,
-        help="which epoch's weights to keep: best validation accuracy, lowest validation loss, or the last",
-    )
-    group.add_argument(
-        "--ema-decay",
-        type=float,
-        help="keep an exponential moving average of the weights (e.g. 0.99 per step) and select, validate "
-        "and save it; 0 disables",
-    )
-    group.add_argument(
-        "--init-from",
-        metavar="MODEL_FILE",
-        help="start from the weights of a local model file (fine-tuning); nothing is downloaded",
-    )
-    group.add_argument("--seed", type=int, default=training.seed)
-    group.add_argument("--workers", type=int, default=training.num_workers, help="data-loader workers")
-    group.add_argument(
-        "--device", default=training.device, help="auto (CUDA, then MPS, then CPU), cuda, mps or cpu"
-    )
-    group.add_argument(
-        "--precision",
-        choices=("auto", "fp32", "bf16", "fp16"),
-        default=training.precision,
-        help="autocast dtype; auto: bf16 on CUDA (fp16 with loss scaling on GPUs without bf16), else fp32",
-    )
-    group.add_argument("--compile", action="store_true", help="wrap the model with torch.compile")
-    group.add_argument(
-        "--data-on-device",
-        choices=DATA_ON_DEVICE,
-        default=training.data_on_device,
-        help="hold the training features in device memory and draw batches there (auto: on accelerators, "
-        "when they take at most half the free device memory)",
-    )
-    group = parser.add_argument_group("augmentation (training only; unset flags come from --recipe)")
-    group.add_argument(
-        "--aug-variants",
-        type=int,
-        help="audio variants per training clip (stretch, pitch, shift, gain, noise), computed once, cached",
-    )
-    group.add_argument("--freq-masks", type=int, help="SpecAugment frequency masks per clip")
-    group.add_argument("--freq-mask-width", type=int, help="max bands per frequency mask")
-    group.add_argument("--time-masks", type=int, help="SpecAugment time masks per clip")
-    group.add_argument("--time-mask-width", type=int, help="max frames per time mask")
-    group.add_argument("--mixup", type=float, help="mixup Beta(alpha, alpha); 0 disables")
-    group.add_argument(
-        "--mixup-domain",
-        choices=MIXUP_DOMAINS,
-        help="mix dB features (db) or band energies, as two sounds played together (power)",
-    )
-    group.add_argument(
-        "--filter-gain-db",
-        type=float,
-        help="FilterAugment: add a random smooth gain curve over the bands, up to +-DB (0: off)",
-    )
+def _not_split(path: str) -> bool:
+    # Cross-validation chooses the test fold itself; of the split settings only the validation share applies.
+    return not path.startswith("split.") or path == "split.val_fraction"
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    add_data_arguments(parser, required=False)
-    add_feature_arguments(parser)
-    add_split_arguments(parser)
-    add_model_training_arguments(parser)
-    # The recipe, not argparse, supplies the values of flags that are not given.
-    parser.set_defaults(**{dest: None for dest in RECIPE_FLAGS})
-    group = parser.add_argument_group("run")
-    group.add_argument("--name", default="run", help="suffix of the run folder")
-    group.add_argument("--runs-dir", default="runs")
+    add_starting_point_arguments(parser, config_file=True)
+    groups = add_settings(parser)
+    group = groups["run"]
     group.add_argument(
         "--resume",
         type=Path,
@@ -296,64 +167,6 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _model_options(options: list[str]) -> dict[str, object]:
-    parsed: dict[str, object] = {}
-    for option in options:
-        key, sep, value = option.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--model-option expects KEY=VALUE, got {option!r}")
-        try:
-            parsed[key] = json.loads(value)
-        except json.JSONDecodeError:
-            parsed[key] = value  # a bare word is a string (e.g. time_pooling=max)
-    return parsed
-
-
-def run_config_from_args(args: argparse.Namespace) -> RunConfig:
-    """The run configuration: the recipe's settings, overridden by every flag given explicitly."""
-    layout = getattr(args, "layout", "auto")
-    if not args.data or (not args.annotations and layout not in ("auto", "folders")):
-        raise ConfigError("--annotations and --data are required (or --resume RUN_FOLDER)")
-    config = RunConfig(
-        annotations=str(args.annotations or ""),
-        data_dir=str(args.data),
-        layout=layout,
-        split=SplitConfig(
-            method=getattr(args, "split", "folds"),
-            test_fold=getattr(args, "test_fold", SplitConfig.test_fold),
-            val_fold=getattr(args, "val_fold", SplitConfig.val_fold),
-            val_fraction=args.val_fraction,
-            train_folds=getattr(args, "train_folds", None),
-        ),
-        name=args.name,
-        runs_dir=str(args.runs_dir),
-        cache_dir=args.cache_dir,
-        cache_dtype=args.cache_dtype,
-        skip_bad=args.skip_bad,
-    )
-    apply_recipe(config, args.recipe)
-    recipe_model = config.model.name
-    recipe_batch, recipe_lr = config.training.batch_size, config.training.max_lr
-    for dest, (section, name) in RECIPE_FLAGS.items():
-        value = getattr(args, dest, None)
-        if value is not None:
-            setattr(getattr(config, section), name, value)
-    if getattr(args, "max_lr", None) is None:
-        config.training.max_lr = scaled_peak_lr(recipe_lr, recipe_batch, config.training.batch_size)
-    config.features.kind = normalise_feature_kind(config.features.kind)
-    if config.model.name != recipe_model:
-        config.model.kwargs = {}  # the recipe's options belong to the recipe's model
-    config.model.kwargs.update(_model_options(args.model_option))
-    config.training.seed = args.seed
-    config.training.num_workers = args.workers
-    config.training.device = args.device
-    config.training.precision = args.precision
-    config.training.compile = args.compile
-    config.training.data_on_device = args.data_on_device
-    config.validate()
-    return config
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from urbansound.training.distributed import is_main_process
     from urbansound.training.run import dry_run, train
@@ -361,7 +174,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume is not None:
         run_dir = train(RunConfig(), resume_dir=args.resume, progress=not args.quiet)
     else:
-        config = run_config_from_args(args)
+        config = run_config_from_args(args, require_data=args.print_config is None)
+        if args.print_config is not None:
+            dump_config(config, args.print_config)
+            return 0
         from urbansound.models import create_model
 
         create_model(
@@ -411,14 +227,18 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     from urbansound.evaluation.examples import draw_class_examples
 
     audio, features = feature_configs(args)
-    path = draw_class_examples(args.annotations, args.data, Path(args.out), audio, features)
+    path = draw_class_examples(args.annotations, args.data_dir, Path(args.out), audio, features)
     print(f"class examples: {path}")
     return 0
 
 
 def add_visualize_arguments(parser: argparse.ArgumentParser) -> None:
-    add_data_arguments(parser)
-    add_feature_arguments(parser)
+    add_starting_point_arguments(parser, config_file=False)
+    add_settings(
+        parser,
+        include=lambda path: _features_only(path) or path in ("annotations", "data_dir"),
+        required=("annotations", "data_dir"),
+    )
     parser.add_argument("--out", default="runs/class_examples.png", help="PNG to write")
 
 
@@ -563,7 +383,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def add_models_arguments(parser: argparse.ArgumentParser) -> None:
-    add_feature_arguments(parser)
+    add_starting_point_arguments(parser, config_file=False)
+    add_settings(parser, include=_features_only)
 
 
 def cmd_crossval(args: argparse.Namespace) -> int:
@@ -574,7 +395,10 @@ def cmd_crossval(args: argparse.Namespace) -> int:
             RunConfig(), folds=args.folds, out_dir=args.resume, resume=True, progress=not args.quiet
         )
     else:
-        config = run_config_from_args(args)
+        config = run_config_from_args(args, require_data=args.print_config is None)
+        if args.print_config is not None:
+            dump_config(config, args.print_config)
+            return 0
         out_dir = crossval(
             config, folds=args.folds, out_dir=Path(args.out) if args.out else None, progress=not args.quiet
         )
@@ -584,23 +408,12 @@ def cmd_crossval(args: argparse.Namespace) -> int:
 
 
 def add_crossval_arguments(parser: argparse.ArgumentParser) -> None:
-    add_data_arguments(parser, required=False)
-    add_feature_arguments(parser)
-    group = parser.add_argument_group("folds")
-    group.add_argument(
+    add_starting_point_arguments(parser, config_file=True)
+    groups = add_settings(parser, include=_not_split)
+    groups["split"].add_argument(
         "--folds", type=_int_list, default=None, help="test folds to run, e.g. 1,2 (default: all)"
     )
-    group.add_argument(
-        "--val-fraction",
-        type=float,
-        default=None,
-        help="validate on this share of the training recordings (by fsID) instead of the next fold",
-    )
-    add_model_training_arguments(parser)
-    parser.set_defaults(**{dest: None for dest in RECIPE_FLAGS})
-    group = parser.add_argument_group("run")
-    group.add_argument("--name", default="run", help="suffix of the cross-validation folder")
-    group.add_argument("--runs-dir", default="runs")
+    group = groups["run"]
     group.add_argument("--out", default=None, help="cross-validation folder (default: new under --runs-dir)")
     group.add_argument(
         "--resume",
@@ -632,7 +445,7 @@ Command = tuple[
     str, str, Callable[[argparse.ArgumentParser], None] | None, Callable[[argparse.Namespace], int]
 ]
 COMMANDS: list[Command] = [
-    ("train", "train a classifier (the seed's train.py)", add_train_arguments, cmd_train),
+    ("train", "train a classifier (the student project's train.py)", add_train_arguments, cmd_train),
     ("visualize", "plot a waveform and spectrograms per class", add_visualize_arguments, cmd_visualize),
     ("synth", "write a synthetic dataset in the UrbanSound8K layout", add_synth_arguments, cmd_synth),
     ("demo", "synthesise demo data, train, evaluate, write the report", add_demo_arguments, cmd_demo),

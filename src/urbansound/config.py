@@ -1,30 +1,87 @@
 """Typed configuration of a run, saved with every run and stored in every model file.
 
-Each default carries a comment saying why it has that value (most reproduce the seed project).
+Each setting is declared once, here: its field carries the default (with a comment saying why it has that
+value; most reproduce the baseline recipe, the student project's settings), the help text, the allowed
+values and the command-line spelling. ``urbansound.settings`` turns these declarations into the flags of
+``urbansound train`` and ``crossval``, and ``validate`` checks the same allowed values.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from urbansound.errors import ConfigError
 
+# Allowed values, one tuple per setting: validation and the command line both read them from here.
 FEATURE_KINDS = ("mel_spec", "gammatone")
 DB_REFERENCES = ("absolute", "clip_max")
 MIXUP_DOMAINS = ("db", "power")
-# The seed's own spelling of the gammatone option, kept as an alias.
+SPLIT_METHODS = ("folds", "random")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+CACHE_DTYPES = ("float32", "float16")
+SCHEDULERS = ("onecycle", "cosine")
+DATA_ON_DEVICE = ("auto", "yes", "no")
+SELECT_EPOCH = ("val_accuracy", "val_loss", "last")
+LAYOUTS = ("auto", "urbansound8k", "esc50", "folders")  # the same tuple as urbansound.data.datasets.LAYOUTS
+# The student project's own spellings of the feature kinds, kept as aliases.
 FEATURE_KIND_ALIASES = {"mel": "mel_spec", "log_mel": "mel_spec", "gamma": "gammatone"}
+
+
+def setting(
+    default: Any = MISSING,
+    help: str = "",
+    *,
+    flags: Sequence[str] = (),
+    choices: Sequence[str] | None = None,
+    aliases: Mapping[str, str] | None = None,
+    label: str | None = None,
+    metavar: str | None = None,
+    group: str | None = None,
+    default_factory: Any = MISSING,
+) -> Any:
+    """A dataclass field that is also a command-line setting.
+
+    ``help`` is the flag's help text (a field with no help gets no flag); ``flags`` its spellings (default:
+    ``--field-name``); ``choices`` the allowed values, checked by ``validate`` and by the parser, which also
+    accepts ``aliases`` (alias -> value); ``label`` names the setting in error messages (default: the field
+    name); ``group`` is the help section of a top-level field.
+    """
+    metadata = {
+        "help": help,
+        "flags": tuple(flags),
+        "choices": tuple(choices) if choices is not None else None,
+        "aliases": dict(aliases or {}),
+        "label": label,
+        "metavar": metavar,
+        "group": group,
+    }
+    if default_factory is not MISSING:
+        return field(default_factory=default_factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def check_choices(config: Any) -> None:
+    """Raise ConfigError when a field of dataclass ``config`` holds a value outside its declared choices."""
+    for f in dataclasses.fields(config):
+        choices = f.metadata.get("choices")
+        value = getattr(config, f.name)
+        if choices and value not in choices:
+            label = f.metadata.get("label") or f.name
+            raise ConfigError(f"unknown {label} {value!r}; choose one of {', '.join(choices)}")
 
 
 @dataclass
 class AudioConfig:
     """How a file becomes a fixed-length mono waveform."""
 
-    sample_rate: int = 44_100  # Hz; the seed resampled everything to 44.1 kHz
-    duration: float = 4.0  # seconds; UrbanSound8K clips are at most 4 s, shorter ones are right-padded
+    # Hz; the baseline recipe resamples everything to 44.1 kHz
+    sample_rate: int = setting(44_100, "Hz every clip is resampled to")
+    # seconds; UrbanSound8K clips are at most 4 s, shorter ones are right-padded
+    duration: float = setting(4.0, "seconds per clip (cut or padded)")
 
     @property
     def n_samples(self) -> int:
@@ -41,21 +98,37 @@ class AudioConfig:
 class FeatureConfig:
     """Time-frequency front end. Names follow torchaudio/librosa."""
 
-    kind: str = "mel_spec"  # the seed's default trans_type
-    n_fft: int = 1024  # seed: 23 ms window at 44.1 kHz
-    hop_length: int = 512  # seed: 50% overlap, 345 frames for 4 s at 44.1 kHz
-    n_mels: int = 64  # seed: 64 bands (for gammatone too)
-    f_min: float = 0.0  # Hz; librosa's default lower edge for mel
-    f_max: float | None = None  # Hz; None means Nyquist
-    top_db: float = 80.0  # seed: dB dynamic range kept below each clip's maximum
-    # "absolute": dB re full scale, as the seed. "clip_max": dB re each clip's loudest cell (librosa's
-    # ref=np.max), so a recording's level no longer moves every feature. Applied by the model's normaliser
-    # on top of the cached absolute dB, so it does not change (or invalidate) the feature cache.
-    db_reference: str = "absolute"
+    # the baseline recipe's trans_type
+    kind: str = setting(
+        "mel_spec",
+        "mel_spec (log-mel) or gammatone (alias: gamma)",
+        flags=("--trans-type", "--trans_type"),
+        choices=FEATURE_KINDS,
+        aliases=FEATURE_KIND_ALIASES,
+        label="feature kind",
+    )
+    n_fft: int = setting(1024, "FFT window in samples")  # baseline recipe: 23 ms window at 44.1 kHz
+    # baseline recipe: 50% overlap, 345 frames for 4 s at 44.1 kHz
+    hop_length: int = setting(512, "samples between frames")
+    # baseline recipe: 64 bands (for gammatone too)
+    n_mels: int = setting(64, "number of mel or gammatone bands", flags=("--n-mels", "--n-bands"))
+    f_min: float = setting(0.0, "Hz, lowest band edge")  # librosa's default lower edge for mel
+    f_max: float | None = setting(None, "Hz, highest band edge (none: Nyquist)")  # None means Nyquist
+    # baseline recipe: dB dynamic range kept below each clip's maximum
+    top_db: float = setting(80.0, "dB range kept below each clip's maximum")
+    # "absolute": dB re full scale, as the baseline recipe. "clip_max": dB re each clip's loudest cell
+    # (librosa's ref=np.max), so a recording's level no longer moves every feature. Applied by the model's
+    # normaliser on top of the cached absolute dB, so it does not change (or invalidate) the feature cache.
+    db_reference: str = setting(
+        "absolute",
+        "absolute: dB re full scale (baseline recipe); clip_max: dB re each clip's loudest cell "
+        "(level-invariant)",
+        choices=DB_REFERENCES,
+        label="dB reference",
+    )
 
     def validate(self, sample_rate: int) -> None:
-        if self.kind not in FEATURE_KINDS:
-            raise ConfigError(f"unknown feature kind {self.kind!r}; choose one of {', '.join(FEATURE_KINDS)}")
+        check_choices(self)
         if self.n_fft <= 0 or self.hop_length <= 0 or self.n_mels <= 0:
             raise ConfigError("n_fft, hop_length and n_mels must be positive")
         f_max = self.f_max if self.f_max is not None else sample_rate / 2
@@ -65,14 +138,10 @@ class FeatureConfig:
             )
         if self.top_db is not None and self.top_db <= 0:
             raise ConfigError(f"top_db must be positive, got {self.top_db}")
-        if self.db_reference not in DB_REFERENCES:
-            raise ConfigError(
-                f"unknown dB reference {self.db_reference!r}; choose one of {', '.join(DB_REFERENCES)}"
-            )
 
 
 def normalise_feature_kind(kind: str) -> str:
-    """Accept the seed's spellings (``gamma``) and return the canonical feature kind."""
+    """Accept the student project's spellings (``gamma``) and return the canonical feature kind."""
     kind = FEATURE_KIND_ALIASES.get(kind, kind)
     if kind not in FEATURE_KINDS:
         raise ConfigError(
@@ -83,12 +152,24 @@ def normalise_feature_kind(kind: str) -> str:
 
 @dataclass
 class ModelConfig:
-    name: str = "cnn"  # the seed's 4-block CNN
+    # the baseline recipe's 4-block CNN
+    name: str = setting("cnn", "registered model name (see `urbansound models`)", flags=("--model",))
     n_classes: int = 10  # filled from the data; 10 for UrbanSound8K
-    kwargs: dict[str, Any] = field(default_factory=dict)  # family-specific options
+    # family-specific options
+    kwargs: dict[str, Any] = setting(
+        help="model option, VALUE as JSON (e.g. batch_norm=true); repeatable",
+        flags=("--model-option",),
+        metavar="KEY=VALUE",
+        default_factory=dict,
+    )
     # Members of a seed ensemble: this many copies of the backbone, trained alike from seeds seed, seed+1, ...
-    # on the same split, whose class probabilities are averaged. 1 is a single model (the seed's).
-    ensemble: int = 1
+    # on the same split, whose class probabilities are averaged. 1 is a single model (the baseline recipe's).
+    ensemble: int = setting(
+        1,
+        "train N copies of the model from seeds seed..seed+N-1 and average their probabilities "
+        "(one model file; N times the training time)",
+        metavar="N",
+    )
 
     def validate(self) -> None:
         if self.ensemble < 1:
@@ -99,74 +180,106 @@ class ModelConfig:
 class SplitConfig:
     """Which clips train, validate and test."""
 
-    method: str = "folds"  # official folds: the only leak-free UrbanSound8K protocol
-    test_fold: int = 10  # conventional hold-out fold when a single split is run
-    val_fold: int | None = 9  # the fold next to the test fold, so model selection never sees test data
-    val_fraction: float | None = None  # instead of val_fold: this share of training recordings (by fsID)
-    train_folds: list[int] | None = None  # None: every fold present except test and validation
+    # official folds: the only leak-free UrbanSound8K protocol
+    method: str = setting(
+        "folds",
+        "official folds or the student project's leaky random 64/16/20 split",
+        flags=("--split",),
+        choices=SPLIT_METHODS,
+        label="split method",
+    )
+    test_fold: int = setting(10, "fold held out for testing")  # conventional hold-out fold for a single split
+    # the fold next to the test fold, so model selection never sees test data
+    val_fold: int | None = setting(9, "fold used for validation")
+    # instead of val_fold: this share of training recordings (by fsID)
+    val_fraction: float | None = setting(
+        None, "validate on this share of the training recordings (grouped by fsID) instead of a fold"
+    )
+    # None: every fold present except test and validation
+    train_folds: list[int] | None = setting(None, "folds to train on, e.g. 1,2,3 (none: the rest)")
 
     def validate(self) -> None:
-        if self.method not in ("folds", "random"):
-            raise ConfigError(f"unknown split method {self.method!r}; choose 'folds' or 'random'")
+        check_choices(self)
         if self.val_fraction is not None and not 0 < self.val_fraction < 1:
             raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
 
 
 @dataclass
 class TrainingConfig:
-    epochs: int = 25  # the seed's setting
-    batch_size: int = 16  # the seed's setting; global: under torchrun each process takes an equal share
-    max_lr: float = 1e-3  # one-cycle peak, the seed's setting
-    weight_decay: float = 0.0  # the seed used none
-    seed: int = 0  # one seed drives shuffling, initialisation and splits
-    label_smoothing: float = 0.0  # the seed used plain cross-entropy
-    patience: int | None = None  # early stopping: epochs without validation gain; None trains every epoch
-    num_workers: int = 0  # features are memory-mapped: loading a batch is a slice, workers only add overhead
-    device: str = "auto"  # CUDA, then MPS, then CPU: the fastest device present, without a flag
-    precision: str = "auto"  # bf16 autocast on CUDA (fp16 + grad scaler on GPUs without bf16), fp32 elsewhere
-    compile: bool = False  # torch.compile: faster steps on GPUs, but minutes of compiling first
+    epochs: int = setting(25, "passes over the training set")  # the baseline recipe's setting
+    # the baseline recipe's setting; global: under torchrun each process takes an equal share
+    batch_size: int = setting(
+        16,
+        "global batch: under torchrun each of N processes takes batch-size / N clips; above the recipe's "
+        "batch the peak learning rate grows by sqrt(batch-size / recipe's batch), unless --lr is given",
+        flags=("--batch-size", "--batch_size"),
+    )
+    max_lr: float = setting(1e-3, "peak learning rate", flags=("--lr", "--max-lr"))  # the baseline recipe's
+    weight_decay: float = setting(0.0, "AdamW's decoupled weight decay")  # the baseline recipe uses none
+    seed: int = setting(0, "random seed")  # one seed drives shuffling, initialisation and splits
+    label_smoothing: float = setting(0.0, "in [0, 1)")  # the baseline recipe uses plain cross-entropy
+    # early stopping: epochs without validation gain; None trains every epoch
+    patience: int | None = setting(None, "early stopping patience in epochs (none: train every epoch)")
+    # features are memory-mapped: loading a batch is a slice, workers only add overhead
+    num_workers: int = setting(0, "data-loader workers", flags=("--workers",))
+    # CUDA, then MPS, then CPU: the fastest device present, without a flag
+    device: str = setting("auto", "auto (CUDA, then MPS, then CPU), cuda, mps or cpu")
+    # bf16 autocast on CUDA (fp16 + grad scaler on GPUs without bf16), fp32 elsewhere
+    precision: str = setting(
+        "auto",
+        "autocast dtype; auto: bf16 on CUDA (fp16 with loss scaling on GPUs without bf16), else fp32",
+        choices=PRECISIONS,
+    )
+    # torch.compile: faster steps on GPUs, but minutes of compiling first
+    compile: bool = setting(False, "wrap the model with torch.compile")
     # Hold the training features (and variants) in device memory and gather batches there: "auto" does so on
     # accelerators when they take at most half the free device memory (on the CPU the memory-mapped cache
     # already is host memory); "yes" and "no" force it. The batches are the same either way.
-    data_on_device: str = "auto"
-    scheduler: str = "onecycle"  # the seed's linear one-cycle; "cosine" warms up then decays to zero
-    init_from: str = ""  # a local model file whose weights start the training (fine-tuning); "" = random
+    data_on_device: str = setting(
+        "auto",
+        "hold the training features in device memory and draw batches there (auto: on accelerators, "
+        "when they take at most half the free device memory)",
+        choices=DATA_ON_DEVICE,
+    )
+    # the baseline recipe's linear one-cycle; "cosine" warms up then decays to zero
+    scheduler: str = setting(
+        "onecycle", "onecycle (baseline recipe: Adam) or cosine (AdamW)", choices=SCHEDULERS
+    )
+    # a local model file whose weights start the training (fine-tuning); "" = random
+    init_from: str = setting(
+        "",
+        "start from the weights of a local model file (fine-tuning); nothing is downloaded",
+        metavar="MODEL_FILE",
+    )
     # Exponential moving average of the weights (and BatchNorm statistics), updated every step; validation,
-    # best-epoch selection and the saved model use the average. 0 disables it (the seed's behaviour).
-    ema_decay: float = 0.0
-    # Which epoch's weights the run keeps: "val_accuracy" (the best, as the seed's successors do),
-    # "val_loss" (the lowest validation loss) or "last" (the end of the schedule; validation is still
+    # best-epoch selection and the saved model use the average. 0 disables it (the baseline recipe's way).
+    ema_decay: float = setting(
+        0.0,
+        "keep an exponential moving average of the weights (e.g. 0.99 per step) and select, validate "
+        "and save it; 0 disables",
+    )
+    # Which epoch's weights the run keeps: "val_accuracy" (the best, as the baseline recipe's successors
+    # do), "val_loss" (the lowest validation loss) or "last" (the end of the schedule; validation is still
     # measured and reported). Patience counts epochs without a gain in the chosen criterion.
-    select_epoch: str = "val_accuracy"
+    select_epoch: str = setting(
+        "val_accuracy",
+        "which epoch's weights to keep: best validation accuracy, lowest validation loss, or the last",
+        choices=SELECT_EPOCH,
+    )
 
     def validate(self) -> None:
+        check_choices(self)
         if self.epochs <= 0 or self.batch_size <= 0 or self.max_lr <= 0:
             raise ConfigError("epochs, batch_size and max_lr must be positive")
-        if self.data_on_device not in DATA_ON_DEVICE:
-            raise ConfigError(
-                f"unknown data_on_device {self.data_on_device!r}; choose one of {', '.join(DATA_ON_DEVICE)}"
-            )
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise ConfigError(f"unknown precision {self.precision!r}; choose auto, fp32, bf16 or fp16")
-        if self.scheduler not in SCHEDULERS:
-            raise ConfigError(f"unknown scheduler {self.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.weight_decay < 0:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if self.select_epoch not in SELECT_EPOCH:
-            raise ConfigError(
-                f"unknown select_epoch {self.select_epoch!r}; choose one of {', '.join(SELECT_EPOCH)}"
-            )
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.patience is not None and self.patience <= 0:
             raise ConfigError(f"patience must be positive, got {self.patience}")
 
-
-SCHEDULERS = ("onecycle", "cosine")
-DATA_ON_DEVICE = ("auto", "yes", "no")
-SELECT_EPOCH = ("val_accuracy", "val_loss", "last")
 
 # Salamon & Bello (2017)'s augmentation factors: time stretch (TS) and pitch shift in semitones (PS1 + PS2).
 SALAMON_BELLO_STRETCH = (0.81, 0.93, 1.07, 1.23)
@@ -182,33 +295,47 @@ class AugmentConfig:
     Spectrogram-level changes (SpecAugment masks, mixup) are cheap and drawn fresh in every batch.
     """
 
-    variants: int = 0  # precomputed audio variants per training clip; 0 disables audio augmentation
+    # precomputed audio variants per training clip; 0 disables audio augmentation
+    variants: int = setting(
+        0,
+        "audio variants per training clip (stretch, pitch, shift, gain, noise), computed once, cached",
+        flags=("--aug-variants",),
+    )
     time_stretch: list[float] = field(default_factory=lambda: list(SALAMON_BELLO_STRETCH))  # rate factors
     pitch_shift: list[float] = field(default_factory=lambda: list(SALAMON_BELLO_SEMITONES))  # semitones
     time_shift: float = 0.25  # max circular shift, as a share of the clip: events happen anywhere in a clip
     gain_db: float = 6.0  # max gain change (+-) in dB; dB features with a per-clip top_db barely move
     noise_snr_db: list[float] | None = field(default_factory=lambda: [10.0, 40.0])  # white noise SNR range
-    freq_masks: int = 0  # SpecAugment frequency masks per clip
-    freq_mask_width: int = 16  # max bands per frequency mask (EfficientAT uses ~1/8 of the bands)
-    time_masks: int = 0  # SpecAugment time masks per clip
-    time_mask_width: int = 24  # max frames per time mask (~0.5 s at 22.05 kHz / hop 512)
-    mixup_alpha: float = 0.0  # Beta(alpha, alpha) mixing weight; 0 disables mixup
+    freq_masks: int = setting(0, "SpecAugment frequency masks per clip")
+    # max bands per frequency mask (EfficientAT uses ~1/8 of the bands)
+    freq_mask_width: int = setting(16, "max bands per frequency mask")
+    time_masks: int = setting(0, "SpecAugment time masks per clip")
+    # max frames per time mask (~0.5 s at 22.05 kHz / hop 512)
+    time_mask_width: int = setting(24, "max frames per time mask")
+    # Beta(alpha, alpha) mixing weight; 0 disables mixup
+    mixup_alpha: float = setting(0.0, "mixup Beta(alpha, alpha); 0 disables", flags=("--mixup",))
     # "db": mix dB features (Zhang et al.); "power": mix band energies, as two sounds add.
-    mixup_domain: str = "db"
+    mixup_domain: str = setting(
+        "db",
+        "mix dB features (db) or band energies, as two sounds played together (power)",
+        choices=MIXUP_DOMAINS,
+        label="mixup domain",
+    )
     # FilterAugment (Nam et al., 2022): a random smooth gain curve over the bands, up to +-this many dB, as
     # another microphone or room would colour the sound; 0 disables it.
-    filter_gain_db: float = 0.0
+    filter_gain_db: float = setting(
+        0.0, "FilterAugment: add a random smooth gain curve over the bands, up to +-DB (0: off)"
+    )
     filter_points: list[int] = field(default_factory=lambda: [3, 6])  # [min, max] control points of the curve
 
     def validate(self) -> None:
+        check_choices(self)
         if self.variants < 0:
             raise ConfigError(f"variants must be >= 0, got {self.variants}")
         if any(f <= 0 for f in self.time_stretch):
             raise ConfigError(f"time_stretch factors must be positive, got {self.time_stretch}")
         if not 0 <= self.time_shift <= 1:
             raise ConfigError(f"time_shift must be in [0, 1], got {self.time_shift}")
-        if self.mixup_domain not in MIXUP_DOMAINS:
-            raise ConfigError(f"mixup_domain must be 'db' or 'power', got {self.mixup_domain!r}")
         if self.mixup_alpha < 0 or self.gain_db < 0 or self.filter_gain_db < 0:
             raise ConfigError("mixup_alpha, gain_db and filter_gain_db must be >= 0")
         if len(self.filter_points) != 2 or not 2 <= self.filter_points[0] <= self.filter_points[1]:
@@ -229,25 +356,51 @@ class AugmentConfig:
 class RunConfig:
     """Everything a training run needs; written to ``config.json`` in the run folder."""
 
-    annotations: str = ""  # path to UrbanSound8K.csv; no default on purpose: the user names the data
-    data_dir: str = ""  # folder holding fold1..fold10
+    # path to UrbanSound8K.csv; no default on purpose: the user names the data
+    annotations: str = setting("", "UrbanSound8K.csv or ESC-50's esc50.csv (none: folders)", group="data")
+    data_dir: str = setting(  # folder holding fold1..fold10
+        "",
+        "audio folder: fold1..fold10 (UrbanSound8K), ESC-50's audio/, or one subfolder per class",
+        flags=("--data",),
+        group="data",
+    )
     audio: AudioConfig = field(default_factory=AudioConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)  # default: none, as the seed
-    layout: str = "auto"  # dataset layout: urbansound8k, esc50, folders, or auto (from the annotations)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # default: none, as the baseline recipe
+    # dataset layout: urbansound8k, esc50, folders, or auto (from the annotations)
+    layout: str = setting(
+        "auto",
+        "dataset layout (auto: from the annotations' columns; no --annotations: folder per class)",
+        choices=LAYOUTS,
+        group="data",
+    )
     recipe: str = ""  # the named recipe the settings started from (informational; flags may override)
-    name: str = "run"  # suffix of the run folder
-    runs_dir: str = "runs"
-    cache_dir: str = ""  # empty: <data_dir>/../.urbansound-cache, or $URBANSOUND_CACHE
-    cache_dtype: str = "float32"  # float16 halves the cache (and page-cache traffic) for large sets
-    skip_bad: bool = False
+    name: str = setting("run", "suffix of the run (or cross-validation) folder", group="run")
+    runs_dir: str = setting("runs", "folder that holds the run folders", group="run")
+    # empty: <data_dir>/../.urbansound-cache, or $URBANSOUND_CACHE
+    cache_dir: str = setting(
+        "", "feature cache (default: beside the data folder)", group="audio and features"
+    )
+    # float16 halves the cache (and page-cache traffic) for large sets
+    cache_dtype: str = setting(
+        "float32",
+        "storage type of cached features (float16 halves the cache)",
+        choices=CACHE_DTYPES,
+        label="cache dtype",
+        group="audio and features",
+    )
+    skip_bad: bool = setting(
+        False,
+        "skip clips with bad metadata or undecodable audio (listed in the run folder)",
+        flags=("--skip-bad", "--skip_bad"),
+        group="data",
+    )
 
     def validate(self) -> None:
-        if self.cache_dtype not in ("float32", "float16"):
-            raise ConfigError(f"cache dtype must be float32 or float16, got {self.cache_dtype!r}")
+        check_choices(self)
         self.audio.validate()
         self.features.validate(self.audio.sample_rate)
         self.model.validate()
@@ -296,8 +449,8 @@ def default_cache_dir(data_dir: str | Path) -> Path:
 
 
 # Named starting points for `urbansound train --recipe NAME`; explicit flags override any of these settings.
-def _seed_recipe(config: RunConfig) -> None:
-    """The seed project's settings exactly: cnn, 64-band log-mel at 44.1 kHz, Adam one-cycle 1e-3,
+def _baseline_recipe(config: RunConfig) -> None:
+    """The student project's settings exactly: cnn, 64-band log-mel at 44.1 kHz, Adam one-cycle 1e-3,
     batch 16, 25 epochs, no augmentation, no label smoothing or weight decay (the dataclass defaults)."""
     config.audio = AudioConfig()
     config.features = FeatureConfig()
@@ -312,7 +465,7 @@ def _default_recipe(config: RunConfig) -> None:
     log-mel at 22.05 kHz taken relative to each clip's maximum, cached pitch/stretch variants, SpecAugment,
     mixup, label smoothing, AdamW with a cosine schedule, keeping the last epoch; four of them from
     consecutive seeds, their probabilities averaged (``--ensemble 1`` trains one, 4x faster)."""
-    _seed_recipe(config)
+    _baseline_recipe(config)
     config.audio.sample_rate = 22_050  # UrbanSound8K's most common rate; halves the cost of 44.1 kHz
     config.features.n_fft = 1024  # 46 ms window at 22.05 kHz
     config.features.hop_length = 1024  # 46 ms hop, 87 frames per 4 s: as Salamon & Bello's 128 frames / 3 s
@@ -328,7 +481,7 @@ def _default_recipe(config: RunConfig) -> None:
     # those runs takes the best k unless a smaller one is within 0.5 points. 4x the training time.
     config.model = ModelConfig(name="resnet", kwargs={"widths": [16, 32, 64, 128]}, ensemble=4)
     config.training.batch_size = 32
-    config.training.max_lr = 2e-3  # BatchNorm tolerates a higher peak than the seed's 1e-3
+    config.training.max_lr = 2e-3  # BatchNorm tolerates a higher peak than the baseline recipe's 1e-3
     config.training.weight_decay = 1e-2  # AdamW's decoupled decay
     config.training.label_smoothing = 0.1
     config.training.scheduler = "cosine"
@@ -351,7 +504,10 @@ def _default_recipe(config: RunConfig) -> None:
     )
 
 
-RECIPES = {"seed": _seed_recipe, "default": _default_recipe}
+RECIPES = {"default": _default_recipe, "baseline": _baseline_recipe}
+DEFAULT_RECIPE = "default"  # what `urbansound train` starts from without --recipe or --config
+# The baseline recipe's first name ("seed", after the student project it reproduces), still accepted.
+RECIPE_ALIASES = {"seed": "baseline"}
 
 
 def scaled_peak_lr(recipe_lr: float, recipe_batch: int, batch_size: int) -> float:
@@ -373,6 +529,7 @@ def scaled_peak_lr(recipe_lr: float, recipe_batch: int, batch_size: int) -> floa
 def apply_recipe(config: RunConfig, name: str) -> RunConfig:
     """Overwrite ``config``'s audio, feature, model, training and augmentation settings with recipe ``name``
     (data paths and split are kept) and record the recipe's name."""
+    name = RECIPE_ALIASES.get(name, name)
     if name not in RECIPES:
         raise ConfigError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
     RECIPES[name](config)
