@@ -25,6 +25,7 @@ from select_recipe import ensemble_scores
 
 from urbansound.config import RunConfig, SplitConfig, apply_recipe
 from urbansound.training.run import train
+from urbansound.training.run_folder import RunFolder
 
 HERE = Path(__file__).resolve().parent
 # The validation hold-out the current rows use (urbansound.data.splits.grouped_holdout). Entries recorded
@@ -293,8 +294,8 @@ def main() -> None:
     results = load_results()
     if args.import_run:
         key, run_dir = args.import_run[0], Path(args.import_run[1])
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-        config = json.loads((run_dir / "config.json").read_text())
+        metrics = RunFolder(run_dir).read_metrics().to_dict()
+        config = RunFolder(run_dir).read_config().to_dict()
         by_members = ensemble_scores(run_dir) if config["model"].get("ensemble", 1) > 1 else None
         record(key, metrics, metrics["wall_seconds"], config, by_members)
         results = load_results()
@@ -308,7 +309,7 @@ def main() -> None:
                 started = time.perf_counter()
                 run_dir = train(config, progress=False)
                 seconds = time.perf_counter() - started
-                metrics = json.loads((run_dir / "metrics.json").read_text())
+                metrics = RunFolder(run_dir).read_metrics().to_dict()
                 by_members = ensemble_scores(run_dir) if config.model.ensemble > 1 else None
                 results[key] = record(key, metrics, seconds, config.to_dict(), by_members)
     notes_path = HERE / "accuracy_notes.md"

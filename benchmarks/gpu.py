@@ -130,9 +130,14 @@ def throughput(
             spec = ModelSpec(config.audio, config.features, model_config, [str(k) for k in range(10)])
             classifier = build_classifier(spec)
             classifier.normalizer.set_statistics(torch.from_numpy(mean), torch.from_numpy(std))
-            classifier.augment = spec_augment_from_config(config.augment)
             macs = count_macs(classifier.backbone, (1, 1, *features.shape[1:])) / 1e9
-            runner = prepare_model(classifier, DistributedContext(device=device), "auto", compile_)
+            runner = prepare_model(
+                classifier,
+                DistributedContext(device=device),
+                "auto",
+                compile_,
+                spec_augment=spec_augment_from_config(config.augment),
+            )
             training = config.training
             optimizer, scheduler = make_optimizer(classifier, training, steps)
             if device.type == "cuda":

@@ -32,6 +32,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from urbansound.config import RunConfig, SplitConfig, apply_recipe
 from urbansound.training.run import train
+from urbansound.training.run_folder import RunFolder
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "select_recipe.jsonl"
@@ -153,18 +154,18 @@ def final_epoch_scores(run_dir: Path) -> tuple[float, float]:
 
     from urbansound.evaluation.metrics import classification_metrics
     from urbansound.modelfile import build_classifier, read_model_spec
-    from urbansound.training.checkpoint import load_checkpoint
     from urbansound.training.loop import FeatureDataset, evaluate, make_loader
-    from urbansound.training.run import load_run_config, prepare_data
+    from urbansound.training.run import prepare_data
 
-    config = load_run_config(run_dir)
-    spec, _ = read_model_spec(run_dir / "model.safetensors")
+    folder = RunFolder(run_dir)
+    config = folder.read_config()
+    spec, _ = read_model_spec(folder.model_path)
     model = build_classifier(spec)
-    state = load_checkpoint(run_dir / "checkpoint.pt")
-    if state.get("ema"):
-        weights = {k.removeprefix("module."): v for k, v in state["ema"].items() if k.startswith("module.")}
+    state = folder.read_checkpoint()
+    if state.ema:
+        weights = {k.removeprefix("module."): v for k, v in state.ema.items() if k.startswith("module.")}
     else:
-        weights = state["model"]
+        weights = state.model
     model.load_state_dict(weights)
     data = prepare_data(config, progress=False)
     test_set = FeatureDataset(data.features, data.labels, data.split.test)
@@ -182,10 +183,11 @@ def ensemble_scores(run_dir: Path) -> list[float]:
     from urbansound.modelfile import load_model_file
     from urbansound.models.ensemble import SeedEnsemble
     from urbansound.training.loop import FeatureDataset, evaluate, make_loader
-    from urbansound.training.run import load_run_config, prepare_data
+    from urbansound.training.run import prepare_data
 
-    config = load_run_config(run_dir)
-    model, _ = load_model_file(run_dir / "model.safetensors")
+    folder = RunFolder(run_dir)
+    config = folder.read_config()
+    model, _ = load_model_file(folder.model_path)
     data = prepare_data(config, progress=False)
     loader = make_loader(FeatureDataset(data.features, data.labels, data.split.test), 64, shuffle=False)
     backbone = model.backbone
@@ -328,7 +330,7 @@ def run_candidates(args: argparse.Namespace) -> None:
                 config.name = f"select-{args.base}-{name}-s{args.seed}-g{group}"
             run_dir = train(config, progress=False)
             run_dirs.append(run_dir)
-            metrics = json.loads((run_dir / "metrics.json").read_text())
+            metrics = RunFolder(run_dir).read_metrics().to_dict()
             if config.training.select_epoch == "last":  # the model file is the last epoch already
                 final_accuracy, final_f1 = metrics["test_accuracy"], metrics["test_macro_f1"]
                 ensemble_curves.append(ensemble_scores(run_dir))

@@ -45,6 +45,7 @@ from urbansound.training.distributed import DistributedContext
 from urbansound.training.fit import make_optimizer
 from urbansound.training.hardware import prepare_model
 from urbansound.training.loop import FeatureDataset, make_loader, train_one_epoch
+from urbansound.training.run_folder import RunFolder, read_history
 
 BATCH = 16
 
@@ -252,9 +253,9 @@ def section_ddp(args: argparse.Namespace) -> dict[str, float]:
         if result.returncode:
             raise RuntimeError(f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}")
         (run_dir,) = Path(runs).iterdir()
-        with open(run_dir / "history.csv") as handle:
-            history = list(csv.DictReader(handle))
-        n_train = json.loads((run_dir / "metrics.json").read_text())["split"]["sizes"]["train"]
+        folder = RunFolder(run_dir)
+        history = read_history(folder.history_path())
+        n_train = folder.read_metrics().split["sizes"]["train"]
     timed = history[1:] or history
     seconds = float(np.mean([float(r["seconds"]) for r in timed]))
     return {

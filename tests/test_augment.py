@@ -24,6 +24,7 @@ from urbansound.features.augment import (
     variant_rng,
 )
 from urbansound.features.frontend import AudioClassifier, BandNormalizer, SpectrogramFrontend
+from urbansound.modelfile import ModelSpec
 from urbansound.models import create_model
 from urbansound.training import fit as fit_module
 from urbansound.training.loop import FeatureDataset
@@ -76,20 +77,29 @@ def test_filter_augment_adds_a_bounded_piecewise_linear_band_gain_in_training_on
     assert sum(1 for _ in augment.parameters()) == 0 and not augment.state_dict()
 
 
-def test_classifier_with_spec_augment_is_unchanged_at_evaluation() -> None:
+def test_training_wrapper_augments_in_training_only_and_leaves_the_classifier_unchanged() -> None:
+    from urbansound.training.distributed import DistributedContext
+    from urbansound.training.hardware import prepare_model
+
     torch.manual_seed(1)
     model = _classifier()
     plain_state = {k: v.clone() for k, v in model.state_dict().items()}
     features = torch.randn(4, 16, 30)
     model.eval()
     before = model.classify_features(features)
-    model.augment = SpecAugment(2, 4, 2, 8)
+    runner = prepare_model(
+        model,
+        DistributedContext(device=torch.device("cpu")),
+        band_augment=FilterAugment(6.0),
+        spec_augment=SpecAugment(2, 4, 2, 8),
+    )
     assert model.state_dict().keys() == plain_state.keys()  # old model files still load
-    model.eval()
-    torch.testing.assert_close(model.classify_features(features), before)
-    model.train()
-    model.backbone.eval()  # isolate the masking from dropout
-    assert not torch.allclose(model.classify_features(features), before)
+    assert not hasattr(model, "augment") and not hasattr(model, "band_augment")  # deployable stays plain
+    runner.eval()
+    torch.testing.assert_close(runner.classify_features(features), before, rtol=1e-4, atol=1e-5)
+    runner.train()
+    model.backbone.eval()  # isolate the augmentation from dropout
+    assert not torch.allclose(runner.classify_features(features), before)
 
 
 def test_mixup_is_a_convex_pair_mix() -> None:
@@ -257,34 +267,45 @@ def test_model_file_of_augmented_run_predicts_without_augmentation(
     config.augment.variants = 0
     run_dir = train(config, progress=False)
     model, spec = load_model_file(run_dir / "model.safetensors")
-    assert isinstance(model.augment, torch.nn.Identity) and isinstance(model.band_augment, torch.nn.Identity)
+    assert not hasattr(model, "augment") and not hasattr(model, "band_augment")  # augmentation is training's
     wave = torch.randn(2, AudioConfig(sample_rate=16_000, duration=1.0).n_samples) * 0.1
     torch.testing.assert_close(model(wave), model(wave))
     assert spec.model.kwargs == {"batch_norm": True}
 
 
 def test_long_clips_average_predictions_over_windows() -> None:
-    from urbansound.evaluation.windows import predict_windows, window_starts
+    """The predictor's windowing: half-overlapping windows, the last flush with the end, probabilities
+    averaged; a short clip is right-padded to one window."""
+    from urbansound.inference import Predictor
 
-    assert window_starts(100, 100, 50) == [0]
-    assert window_starts(230, 100, 50) == [0, 50, 100, 130]  # the last window is flush with the end
     torch.manual_seed(3)
     model = _classifier().eval()
     window = 4000  # 0.5 s at 8 kHz
+    spec = ModelSpec(
+        audio=AudioConfig(sample_rate=8000, duration=0.5),
+        features=FeatureConfig(n_fft=256, hop_length=128, n_mels=16),
+        model=ModelConfig(name="sbcnn"),
+        class_names=["a", "b", "c"],
+    )
+    predictor = Predictor(model, spec)
+    assert predictor.window == window
+    assert predictor.window_starts(window).tolist() == [0]
+    assert predictor.window_starts(9000).tolist() == [0, 2000, 4000, 5000]  # the last is flush with the end
     long = torch.randn(9000) * 0.1
-    expected = torch.stack(
-        [
-            torch.softmax(model(long[s : s + window][None]), dim=1)[0]
-            for s in window_starts(9000, window, 2000)
-        ]
-    ).mean(dim=0)
-    averaged = predict_windows(model, long, window)
-    np.testing.assert_allclose(averaged, expected.detach().numpy(), rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        expected = torch.stack(
+            [torch.softmax(model(long[s : s + window][None]), dim=1)[0] for s in (0, 2000, 4000, 5000)]
+        ).mean(dim=0)
+    averaged = predictor.predict_waveform(long.numpy()).probabilities
+    np.testing.assert_allclose(averaged, expected.numpy(), rtol=1e-5, atol=1e-6)
     assert averaged.sum() == pytest.approx(1.0, abs=1e-5)
     short = torch.randn(1000) * 0.1
     padded = torch.nn.functional.pad(short, (0, window - 1000))
-    single = torch.softmax(model(padded[None]), dim=1)[0].detach().numpy()
-    np.testing.assert_allclose(predict_windows(model, short, window), single, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        single = torch.softmax(model(padded[None]), dim=1)[0].numpy()
+    np.testing.assert_allclose(
+        predictor.predict_waveform(short.numpy()).probabilities, single, rtol=1e-5, atol=1e-6
+    )
 
 
 def test_device_resident_batches_train_to_the_same_weights_as_the_loader(

@@ -114,9 +114,12 @@ def test_a_training_step_runs_wholly_on_the_device() -> None:
     assert x.device == META and labels.device == META and x.dtype == torch.float32
 
     model = _classifier()
-    model.band_augment = FilterAugment(6.0)
-    model.augment = SpecAugment(2, 4, 2, 4)
-    runner = prepare_model(model, DistributedContext(device=META))
+    runner = prepare_model(
+        model,
+        DistributedContext(device=META),
+        band_augment=FilterAugment(6.0),
+        spec_augment=SpecAugment(2, 4, 2, 4),
+    )
     assert all(p.device == META for p in model.parameters())
     optimizer, scheduler = make_optimizer(model, _training_config(), steps_per_epoch=2)
     runner.train()

@@ -83,7 +83,7 @@ def test_compile_flag_wraps_the_model_with_torch_compile(
     monkeypatch.setattr(torch, "compile", fake_compile)
     config = tiny_config(tiny_dataset, tmp_path / "runs", tmp_path / "cache", epochs=1, compile=True)
     run_dir = train(config, progress=False)
-    assert compiled and all(isinstance(m, hardware._FeaturePath) for m in compiled)
+    assert compiled and all(isinstance(m, hardware._TrainingPath) for m in compiled)
     assert json.loads((run_dir / "config.json").read_text())["training"]["compile"] is True
 
 

@@ -37,9 +37,10 @@ from urbansound import __version__
 from urbansound.data.synth import CLASS_NAMES as SYNTH_CLASSES
 from urbansound.data.synth import synthesize_background, synthesize_event
 from urbansound.errors import ConfigError, DataError
-from urbansound.features.frontend import AudioClassifier, BandNormalizer, SpectrogramFrontend
+from urbansound.features.frontend import SpectrogramFrontend
 from urbansound.features.spectrogram import power_to_db
 from urbansound.modelfile import ModelSpec, load_model_file
+from urbansound.models.classifier import AudioClassifier
 
 logger = logging.getLogger(__name__)
 
@@ -85,18 +86,17 @@ class ConvSpectrogramFrontend(nn.Module):
         return power_to_db(bands, self.top_db)
 
 
-class ExportableClassifier(nn.Module):
-    """Audio ``(batch, samples)`` -> ``(logits, probabilities)``, each ``(batch, n_classes)``."""
+class WithProbabilities(nn.Module):
+    """The classifier's outputs as the exported files give them: audio ``(batch, samples)`` ->
+    ``(logits, probabilities)``, each ``(batch, n_classes)``. Adds the softmax only; the pipeline is the
+    wrapped :class:`~urbansound.models.classifier.AudioClassifier`'s."""
 
-    def __init__(self, frontend: nn.Module, normalizer: BandNormalizer, backbone: nn.Module) -> None:
+    def __init__(self, classifier: AudioClassifier) -> None:
         super().__init__()
-        self.frontend = frontend
-        self.normalizer = normalizer
-        self.backbone = backbone
+        self.classifier = classifier
 
     def forward(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.normalizer(self.frontend(audio)).unsqueeze(1)  # (batch, 1, n_bands, frames)
-        logits = self.backbone(features)  # (batch, n_classes)
+        logits = self.classifier(audio)  # (batch, n_classes)
         return logits, torch.softmax(logits, dim=-1)
 
 
@@ -161,9 +161,12 @@ def export_onnx(model: AudioClassifier, spec: ModelSpec, path: Path) -> None:
     """Write ``model`` as ONNX: input ``audio`` (dynamic batch and length), outputs logits, probabilities."""
     import onnx  # optional dependency: the "export" extra
 
-    wrapper = ExportableClassifier(
+    # The same classifier with the STFT computed as a convolution (see the module docstring); it shares the
+    # normaliser and backbone modules, so it is the model file's classifier but for that front end.
+    onnx_classifier = AudioClassifier(
         ConvSpectrogramFrontend(model.frontend), model.normalizer, model.backbone
-    ).eval()
+    )
+    wrapper = WithProbabilities(onnx_classifier).eval()
     example = torch.from_numpy(parity_inputs(spec, n=2))
     with warnings.catch_warnings():
         # The TorchScript-based exporter warns that it is no longer the default (chosen on purpose, see the
@@ -198,7 +201,7 @@ def export_torchscript(model: AudioClassifier, spec: ModelSpec, path: Path) -> N
     Traced with the original front end (``torch.stft``), which TorchScript runs natively; the spec is
     stored as the extra file ``spec.json``.
     """
-    wrapper = ExportableClassifier(model.frontend, model.normalizer, model.backbone).eval()
+    wrapper = WithProbabilities(model).eval()
     example = torch.from_numpy(parity_inputs(spec, n=2))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)

@@ -46,9 +46,9 @@ from tqdm import tqdm
 
 from urbansound.data.audio import resample, stream_audio, to_mono
 from urbansound.errors import ConfigError, DataError, ResourceError
-from urbansound.features.frontend import AudioClassifier
 from urbansound.features.spectrogram import log_filterbank_spectrogram
 from urbansound.modelfile import ModelSpec, load_model_file
+from urbansound.models.classifier import AudioClassifier
 
 logger = logging.getLogger(__name__)
 

@@ -20,9 +20,10 @@ from safetensors.torch import load_file, safe_open, save_file
 from urbansound import MODEL_FORMAT_VERSION, __version__
 from urbansound.config import AudioConfig, FeatureConfig, ModelConfig, _from_dict
 from urbansound.errors import DataError
-from urbansound.features.frontend import AudioClassifier, BandNormalizer, SpectrogramFrontend
+from urbansound.features.frontend import BandNormalizer, SpectrogramFrontend
 from urbansound.io_utils import atomic_output
 from urbansound.models import create_model
+from urbansound.models.classifier import AudioClassifier
 from urbansound.models.ensemble import SeedEnsemble
 
 logger = logging.getLogger(__name__)

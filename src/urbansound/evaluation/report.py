@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from urbansound.io_utils import atomic_write_bytes, atomic_write_text
+from urbansound.training.run_folder import RunFolder
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "write_report"]
 
@@ -22,11 +23,11 @@ logger = logging.getLogger(__name__)
 
 # Files a run folder holds, linked from the report (relative links, so the folder can be moved).
 RUN_FILES = (
-    ("train_test_loss.png", "loss and accuracy per epoch"),
-    ("confusion_matrix.png", "row-normalised test confusion matrix"),
-    ("metrics.json", "all metrics, including the raw confusion matrix"),
-    ("history.csv", "per-epoch losses and accuracies"),
-    ("config.json", "the resolved configuration of this run"),
+    (RunFolder.HISTORY_PLOT, "loss and accuracy per epoch"),
+    (RunFolder.CONFUSION_PLOT, "row-normalised test confusion matrix"),
+    (RunFolder.METRICS, "all metrics, including the raw confusion matrix"),
+    (RunFolder.HISTORY, "per-epoch losses and accuracies"),
+    (RunFolder.CONFIG, "the resolved configuration of this run"),
 )
 
 
@@ -52,7 +53,7 @@ def write_report(
         Path of the written report.
     """
     run_dir = Path(run_dir)
-    path = run_dir / "report.md"
+    path = run_dir / RunFolder.REPORT
     atomic_write_text(path, render_report(run_dir.name, config, metrics, history))
     logger.info("wrote %s", path)
     return path
@@ -73,7 +74,6 @@ def render_report(
     split = metrics.get("split") or {}
     split_description = str(split.get("description") or "test split")
     sizes = split.get("sizes") or {}
-    test = metrics.get("test") or {}
 
     lines = [f"# Run report: {run_name}", "", "## What was trained", ""]
 
@@ -122,6 +122,19 @@ def render_report(
     if data_dir:
         lines.append(f"- **Data:** `{data_dir}`")
 
+    lines += _results_lines(metrics, training, history, split_description)
+    lines += _files_lines()
+    return "\n".join(lines)
+
+
+def _results_lines(
+    metrics: Mapping[str, Any],
+    training: Mapping[str, Any],
+    history: Sequence[Mapping[str, float]],
+    split_description: str,
+) -> list[str]:
+    """The report's results: test scores, the kept epoch, per-class scores."""
+    test = metrics.get("test") or {}
     best_epoch = metrics.get("best_epoch")
     val_accuracy = metrics.get("val_accuracy")
     if val_accuracy is None and best_epoch is not None:
@@ -129,7 +142,7 @@ def render_report(
             (row.get("val_accuracy") for row in history if row.get("epoch") == best_epoch), None
         )
     n_clips = test.get("n_clips")
-    lines += [
+    lines = [
         "",
         "## Results",
         "",
@@ -155,16 +168,21 @@ def render_report(
                 f"| {_fixed(scores.get('f1'))} | {scores.get('support', 'n/a')} |"
             )
 
-    lines += ["", "## Files", ""]
+    return lines
+
+
+def _files_lines() -> list[str]:
+    """Links to the run folder's files and the two plots."""
+    lines = ["", "## Files", ""]
     lines += [f"- [{name}]({name}): {what}" for name, what in RUN_FILES]
     lines += [
         "",
-        "![Training history](train_test_loss.png)",
+        f"![Training history]({RunFolder.HISTORY_PLOT})",
         "",
-        "![Confusion matrix](confusion_matrix.png)",
+        f"![Confusion matrix]({RunFolder.CONFUSION_PLOT})",
         "",
     ]
-    return "\n".join(lines)
+    return lines
 
 
 def _section(config: Mapping[str, Any], key: str) -> Mapping[str, Any]:

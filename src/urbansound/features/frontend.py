@@ -1,5 +1,6 @@
-"""nn.Module wrappers: the spectrogram front end, the per-band normaliser, and the full classifier
-(front end + normaliser + backbone) that a model file rebuilds for inference, as in PANNs/EfficientAT."""
+"""nn.Module wrappers: the spectrogram front end and the per-band normaliser. The full classifier (front
+end + normaliser + backbone) is :class:`urbansound.models.classifier.AudioClassifier`, still importable
+from here as ``AudioClassifier``."""
 
 from __future__ import annotations
 
@@ -76,29 +77,11 @@ class BandNormalizer(nn.Module):
         return f"db_reference={self.db_reference!r}"
 
 
-class AudioClassifier(nn.Module):
-    """Front end + normaliser + backbone: a model file plus a waveform is all a prediction needs."""
+def __getattr__(name: str) -> object:
+    """``AudioClassifier`` moved to :mod:`urbansound.models.classifier`; old imports keep working (looked up
+    lazily: the models package imports this module's wrappers' neighbours, not the other way round)."""
+    if name == "AudioClassifier":
+        from urbansound.models.classifier import AudioClassifier
 
-    def __init__(
-        self, frontend: SpectrogramFrontend, normalizer: BandNormalizer, backbone: nn.Module
-    ) -> None:
-        super().__init__()
-        self.frontend = frontend
-        self.normalizer = normalizer
-        self.backbone = backbone
-        # Training-only spectrogram augmentation, set by the training run: ``band_augment`` on dB features
-        # (FilterAugment's gain curves), ``augment`` on normalised ones (SpecAugment's masks). Identities
-        # here, so model files and inference never depend on them; they hold no state, so state_dicts are
-        # unchanged.
-        self.band_augment: nn.Module = nn.Identity()
-        self.augment: nn.Module = nn.Identity()
-
-    def classify_features(self, features: torch.Tensor) -> torch.Tensor:
-        """Logits from dB features ``(batch, n_bands, frames)`` (the cached training path)."""
-        x = self.augment(self.normalizer(self.band_augment(features)))  # (batch, n_bands, frames)
-        x = x.unsqueeze(1)  # (batch, 1, n_bands, frames)
-        return self.backbone(x)  # (batch, n_classes)
-
-    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        """Logits from waveforms ``(batch, samples)`` at the model's sample rate."""
-        return self.classify_features(self.frontend(waveform))
+        return AudioClassifier
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,8 +5,12 @@ Each fold is the test fold once. Model selection (best epoch, early stopping) us
 folds; never the test fold. Every fold is an ordinary run folder inside the cross-validation folder, so a
 fold can be inspected, resumed or compared like any run::
 
-    <out_dir>/crossval.json, crossval.md, confusion_matrix.png, per_class_f1 (in the .md)
+    <out_dir>/crossval_config.json (settings and folds), crossval.json (summary), crossval.md,
+        confusion_matrix.png
     <out_dir>/fold01/ config.json, checkpoint.pt, metrics.json, model.safetensors, ...
+
+(File names: :class:`~urbansound.training.run_folder.RunFolder`. Folders written before the settings had
+their own file kept them in ``config.json``; those still resume.)
 
 Resuming skips folds that have ``metrics.json``, continues a fold that has a checkpoint from its last
 completed epoch, and starts the rest. Features are cached per clip, and every fold uses the same clip list,
@@ -28,13 +32,12 @@ from urbansound.config import RunConfig
 from urbansound.errors import ConfigError, DataError
 from urbansound.evaluation.metrics import classification_metrics
 from urbansound.evaluation.plots import plot_confusion_matrix
-from urbansound.io_utils import atomic_write_json, atomic_write_text
-from urbansound.training.checkpoint import CHECKPOINT_NAME
-from urbansound.training.run import CONFIG_NAME, load_run_config, train
+from urbansound.io_utils import atomic_write_text
+from urbansound.training.run import resume as resume_run
+from urbansound.training.run import train
+from urbansound.training.run_folder import RunFolder
 
 logger = logging.getLogger(__name__)
-
-SUMMARY_NAME = "crossval.json"
 
 
 def fold_dir(out_dir: Path, fold: int) -> Path:
@@ -82,14 +85,15 @@ def crossval(
         ConfigError: a requested fold is absent from the data, or ``resume`` without a saved configuration.
     """
     from urbansound.data.datasets import load_dataset
-    from urbansound.training.run import new_run_dir
 
     if resume:
-        if out_dir is None or not (out_dir / CONFIG_NAME).is_file():
-            raise ConfigError(f"{out_dir}: not a cross-validation folder (no {CONFIG_NAME}) to resume")
-        saved = json.loads((out_dir / CONFIG_NAME).read_text())
-        config = RunConfig.from_dict(saved["config"])
-        folds = folds or saved["folds"]
+        saved = RunFolder(out_dir).read_crossval_settings() if out_dir is not None else None
+        if saved is None:
+            raise ConfigError(
+                f"{out_dir}: not a cross-validation folder (no {RunFolder.CROSSVAL_SETTINGS}) to resume"
+            )
+        config = RunConfig.from_dict(saved[0])
+        folds = folds or saved[1]
     config.validate()
     index = load_dataset(config.annotations, config.data_dir, layout=config.layout, skip_bad=config.skip_bad)
     present = index.folds
@@ -100,19 +104,19 @@ def crossval(
     if out_dir is None:
         base = copy.deepcopy(config)
         base.name = f"crossval-{config.name}"
-        out_dir = new_run_dir(base)
+        out_dir = RunFolder.create(base.runs_dir, base.name).path
     out_dir.mkdir(parents=True, exist_ok=True)
-    if not (out_dir / CONFIG_NAME).is_file():
-        atomic_write_json(out_dir / CONFIG_NAME, {"config": config.to_dict(), "folds": folds})
+    if RunFolder(out_dir).read_crossval_settings() is None:
+        RunFolder(out_dir).write_crossval_settings(config, folds)
 
     for fold in folds:
         run_dir = fold_dir(out_dir, fold)
-        if (run_dir / "metrics.json").is_file():
+        if RunFolder(run_dir).is_finished():
             logger.info("fold %d: done already, skipped", fold)
             continue
-        if (run_dir / CHECKPOINT_NAME).is_file() and (run_dir / CONFIG_NAME).is_file():
+        if RunFolder(run_dir).can_resume():
             logger.info("fold %d: resuming from its checkpoint", fold)
-            train(load_run_config(run_dir), resume_dir=run_dir, progress=progress)
+            resume_run(run_dir, progress=progress)
             continue
         logger.info("fold %d of %s: test fold %d", folds.index(fold) + 1, folds, fold)
         train(fold_config(config, fold, present), progress=progress, run_dir=run_dir)
@@ -124,23 +128,23 @@ def summarise(out_dir: Path, folds: list[int]) -> dict[str, Any]:
     """Collect the folds' metrics into ``crossval.json``, ``crossval.md`` and ``confusion_matrix.png``."""
     rows, confusion, names = [], None, None
     for fold in folds:
-        path = fold_dir(out_dir, fold) / "metrics.json"
-        if not path.is_file():
-            raise DataError(f"{path}: fold {fold} has not finished")
-        metrics = json.loads(path.read_text())
-        names = metrics["class_names"]
-        matrix = np.asarray(metrics["test"]["confusion_matrix"], dtype=np.int64)
+        folder = RunFolder(fold_dir(out_dir, fold))
+        if not folder.is_finished():
+            raise DataError(f"{folder.metrics_path}: fold {fold} has not finished")
+        metrics = folder.read_metrics()
+        names = metrics.class_names
+        matrix = np.asarray(metrics.test["confusion_matrix"], dtype=np.int64)
         confusion = matrix if confusion is None else confusion + matrix
         rows.append(
             {
                 "fold": fold,
-                "test_accuracy": metrics["test_accuracy"],
-                "test_macro_f1": metrics["test_macro_f1"],
-                "val_accuracy": metrics["val_accuracy"],
-                "best_epoch": metrics["best_epoch"],
-                "epochs_run": metrics["epochs_run"],
-                "n_test": metrics["test"]["n_clips"],
-                "wall_seconds": metrics.get("wall_seconds"),
+                "test_accuracy": metrics.test_accuracy,
+                "test_macro_f1": metrics.test_macro_f1,
+                "val_accuracy": metrics.val_accuracy,
+                "best_epoch": metrics.best_epoch,
+                "epochs_run": metrics.epochs_run,
+                "n_test": metrics.test["n_clips"],
+                "wall_seconds": metrics.wall_seconds,
             }
         )
     assert confusion is not None and names is not None
@@ -162,15 +166,15 @@ def summarise(out_dir: Path, folds: list[int]) -> dict[str, Any]:
         "confusion_matrix": confusion.tolist(),
         "class_names": names,
     }
-    atomic_write_json(out_dir / SUMMARY_NAME, summary)
+    RunFolder(out_dir).write_crossval_summary(summary)
     plot_confusion_matrix(
         summary["confusion_matrix"],
         names,
-        out_dir / "confusion_matrix.png",
+        out_dir / RunFolder.CONFUSION_PLOT,
         title=f"summed over test folds {','.join(map(str, folds))}",
     )
     text = render_summary(summary)
-    atomic_write_text(out_dir / "crossval.md", text)
+    atomic_write_text(out_dir / RunFolder.CROSSVAL_REPORT, text)
     logger.info("cross-validation summary:\n%s", text)
     return summary
 
@@ -225,18 +229,20 @@ def compare_runs(paths: list[Path]) -> str:
         raise ConfigError("name at least one run or cross-validation folder")
     columns: list[tuple[str, dict[int, float], dict[int, float], dict[str, Any]]] = []
     for path in paths:
-        if (path / SUMMARY_NAME).is_file():
-            summary = json.loads((path / SUMMARY_NAME).read_text())
-            config = json.loads((path / CONFIG_NAME).read_text())["config"]
+        folder = RunFolder(path)
+        settings = folder.read_crossval_settings() if folder.is_crossval() else None
+        if settings is not None:
+            summary = folder.read_crossval_summary()
+            config = settings[0]
             acc = {r["fold"]: r["test_accuracy"] for r in summary["folds"]}
             f1 = {r["fold"]: r["test_macro_f1"] for r in summary["folds"]}
-        elif (path / "metrics.json").is_file():
-            metrics = json.loads((path / "metrics.json").read_text())
-            config = load_run_config(path).to_dict()
+        elif folder.is_finished():
+            metrics = folder.read_metrics()
+            config = folder.read_config().to_dict()
             fold = config["split"]["test_fold"] if config["split"]["method"] == "folds" else 0
-            acc, f1 = {fold: metrics["test_accuracy"]}, {fold: metrics["test_macro_f1"]}
+            acc, f1 = {fold: metrics.test_accuracy}, {fold: metrics.test_macro_f1}
         else:
-            raise DataError(f"{path}: neither a finished run (metrics.json) nor a cross-validation")
+            raise DataError(f"{path}: neither a finished run ({RunFolder.METRICS}) nor a cross-validation")
         columns.append((path.name, acc, f1, _flatten(config)))
     folds = sorted({f for _, acc, _, _ in columns for f in acc})
     header = "| test fold | " + " | ".join(name for name, *_ in columns) + " |"

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import csv
-import io
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,11 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from urbansound.config import TrainingConfig
+from urbansound.config import AugmentConfig, TrainingConfig
 from urbansound.errors import ResourceError
-from urbansound.features.frontend import AudioClassifier
-from urbansound.io_utils import atomic_write_text
-from urbansound.training.checkpoint import load_checkpoint, save_checkpoint
+from urbansound.features.augment import filter_augment_from_config, spec_augment_from_config
+from urbansound.models.classifier import AudioClassifier
+from urbansound.training.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from urbansound.training.distributed import (
     DistributedContext,
     GlobalBatchSampler,
@@ -35,19 +33,9 @@ from urbansound.training.loop import (
     make_loader,
     train_one_epoch,
 )
+from urbansound.training.run_folder import HISTORY_COLUMNS, write_history  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
-
-HISTORY_COLUMNS = (
-    "epoch",
-    "train_loss",
-    "train_accuracy",
-    "val_loss",
-    "val_accuracy",
-    "lr",
-    "seconds",
-    "data_wait_fraction",
-)
 
 
 @dataclass
@@ -64,14 +52,6 @@ def format_duration(seconds: float) -> str:
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
-
-
-def write_history(path: Path, history: list[dict[str, float]]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(history)
-    atomic_write_text(path, buffer.getvalue())
 
 
 def make_optimizer(
@@ -111,133 +91,232 @@ def make_optimizer(
     return optimizer, scheduler
 
 
+@dataclass
+class _Optimisation:
+    """What updates the weights during ``fit``: the wrapped model and the optimiser's companions."""
+
+    runner: TrainingModel
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None  # float16 loss scaling
+    ema: torch.optim.swa_utils.AveragedModel | None  # the weight average; validation scores it when set
+    criterion: nn.Module
+
+    def capture(self, model: AudioClassifier, state: TrainState) -> TrainState:
+        """``state`` with the current weights, optimiser, schedule, scaler, average and RNG filled in."""
+        state.model = model.state_dict()
+        state.optimizer = self.optimizer.state_dict()
+        state.scheduler = self.scheduler.state_dict()
+        state.scaler = self.scaler.state_dict() if self.scaler is not None else {}
+        state.ema = self.ema.state_dict() if self.ema is not None else {}
+        state.rng = torch.get_rng_state()
+        return state
+
+    def restore(self, model: AudioClassifier, state: TrainState) -> None:
+        """Put everything :meth:`capture` saved back in place."""
+        model.load_state_dict(state.model)
+        self.optimizer.load_state_dict(state.optimizer)
+        self.scheduler.load_state_dict(state.scheduler)
+        if self.scaler is not None and state.scaler:
+            self.scaler.load_state_dict(state.scaler)
+        if self.ema is not None:
+            self.ema.load_state_dict(state.ema)
+        torch.set_rng_state(state.rng)
+
+
+def _optimisation(
+    model: AudioClassifier,
+    training: TrainingConfig,
+    augment: AugmentConfig,
+    context: DistributedContext,
+    steps_per_epoch: int,
+) -> _Optimisation:
+    runner = prepare_model(
+        model,
+        context,
+        training.precision,
+        training.compile,
+        band_augment=filter_augment_from_config(augment),
+        spec_augment=spec_augment_from_config(augment),
+    )
+    optimizer, scheduler = make_optimizer(model, training, steps_per_epoch)
+    # Loss scaling keeps float16 gradients from underflowing; bf16 has float32's range and needs none.
+    scaler = torch.amp.GradScaler(context.device.type) if runner.autocast_dtype == torch.float16 else None
+    # The weight average (torch's AveragedModel, EMA form) follows the bare module, not the DDP wrapper;
+    # every rank updates its own copy from identical weights, so the copies stay identical.
+    ema = (
+        torch.optim.swa_utils.AveragedModel(
+            model,
+            multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(training.ema_decay),
+            use_buffers=True,
+        )
+        if training.ema_decay > 0
+        else None
+    )
+    criterion = nn.CrossEntropyLoss(label_smoothing=training.label_smoothing)
+    return _Optimisation(runner, optimizer, scheduler, scaler, ema, criterion)
+
+
+def _start_state(
+    model: AudioClassifier, parts: _Optimisation, config: TrainingConfig, checkpoint_path: Path, resume: bool
+) -> TrainState:
+    """A fresh state, or (``resume``) the checkpoint's, restored into ``model`` and ``parts``."""
+    if not resume:
+        return TrainState(best_model=copy.deepcopy(model.state_dict()))
+    state = TrainState.from_dict(load_checkpoint(checkpoint_path))
+    parts.restore(model, state)
+    logger.info("resuming after epoch %d of %d", state.epoch, config.epochs)
+    return state
+
+
 def fit(
     model: AudioClassifier,
     train_set: FeatureDataset,
     val_set: FeatureDataset,
-    config: TrainingConfig,
+    training: TrainingConfig,
+    augment: AugmentConfig,
     device: torch.device,
     checkpoint_path: Path,
     history_path: Path | None = None,
     resume: bool = False,
     progress: bool = True,
-    on_epoch_end: Callable[[dict[str, float]], None] | None = None,
     context: DistributedContext | None = None,
-    mixup_alpha: float = 0.0,
-    mixup_domain: str = "db",
     resident_data: bool | None = None,
 ) -> FitResult:
-    """Train for ``config.epochs`` epochs, keeping the epoch ``config.select_epoch`` picks (by default the
-    best validation accuracy).
+    """Train for ``training.epochs`` epochs, keeping the epoch ``training.select_epoch`` picks (by default
+    the best validation accuracy). ``augment`` gives the batch augmentation: FilterAugment and SpecAugment
+    (applied by the training wrapper, :class:`~urbansound.training.hardware.TrainingModel`) and mixup.
 
-    A checkpoint (model, optimiser, scheduler, RNG state, history, best weights) is written after every
-    epoch; with ``resume`` the loop continues from the last completed epoch. Data order depends only on
-    (seed, epoch) and the RNG state is restored, so on CPU a resumed run ends with the same weights as an
-    uninterrupted one.
+    A checkpoint (a :class:`~urbansound.training.checkpoint.TrainState`: model, optimiser, scheduler, RNG
+    state, history, best weights) is written after every epoch; with ``resume`` the loop continues from the
+    last completed epoch. Data order depends only on (seed, epoch) and the RNG state is restored, so on CPU
+    a resumed run ends with the same weights as an uninterrupted one.
 
-    Under torchrun (``context`` distributed) every rank calls this: ``config.batch_size`` is the global
+    Under torchrun (``context`` distributed) every rank calls this: ``training.batch_size`` is the global
     batch, each rank trains on its share through DDP, metrics are summed over ranks, and only rank 0 writes
     the checkpoint and history. Every rank resumes from the same checkpoint.
 
-    ``resident_data`` (default: ``config.data_on_device``, see :func:`wants_resident_data`) holds the training
-    features in device memory and draws batches by index there
-    (:class:`~urbansound.training.loop.ResidentFeatures`) instead of through a DataLoader; the batches are the
-    same, so results and resumes do not depend on the choice.
+    ``resident_data`` (default: ``training.data_on_device``, see :func:`wants_resident_data`) holds the
+    training features in device memory and draws batches by index there
+    (:class:`~urbansound.training.loop.ResidentFeatures`) instead of through a DataLoader; the batches are
+    the same, so results and resumes do not depend on the choice.
     """
     context = context or DistributedContext(device=device)
-    runner = prepare_model(model, context, config.precision, config.compile)
-
-    def sampler_for(epoch: int) -> GlobalBatchSampler | None:
-        if not context.distributed:
-            return None
-        return GlobalBatchSampler(
-            len(train_set), config.batch_size, context.rank, context.world_size, seed=config.seed, epoch=epoch
-        )
-
-    first = sampler_for(1)
-    steps_per_epoch = len(first) if first is not None else -(-len(train_set) // config.batch_size)
-    optimizer, scheduler = make_optimizer(model, config, steps_per_epoch)
-    # Loss scaling keeps float16 gradients from underflowing; bf16 has float32's range and needs none.
-    scaler = torch.amp.GradScaler(device.type) if runner.autocast_dtype == torch.float16 else None
-    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    # The weight average (torch's AveragedModel, EMA form) follows the bare module, not the DDP wrapper;
-    # every rank updates its own copy from identical weights, so the copies stay identical.
-    ema = (
-        torch.optim.swa_utils.AveragedModel(
-            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay), use_buffers=True
-        )
-        if config.ema_decay > 0
-        else None
-    )
-    scored = ema.module if ema is not None else runner  # what validation scores and the best epoch keeps
-    history: list[dict[str, float]] = []
-    best_epoch, best_accuracy, best_state = 0, -1.0, copy.deepcopy(model.state_dict())
-    best_score = -float("inf")
-    start_epoch = 1
-    if resume:
-        state = load_checkpoint(checkpoint_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        torch.set_rng_state(state["rng"])
-        history = list(state["history"])
-        best_epoch, best_accuracy, best_state = (
-            state["best_epoch"],
-            state["best_val_accuracy"],
-            state["best_model"],
-        )
-        best_score = state.get("best_score", best_accuracy)
-        start_epoch = state["epoch"] + 1
-        logger.info("resuming after epoch %d of %d", state["epoch"], config.epochs)
-        if _should_stop(history, best_epoch, config):
-            start_epoch = config.epochs + 1
-
+    run = _Fit(model, train_set, val_set, training, augment, context, checkpoint_path, progress)
+    parts = run.parts
+    state = _start_state(model, parts, training, checkpoint_path, resume)
+    start_epoch = state.epoch + 1
+    if resume and _should_stop(state.history, state.best_epoch, training):
+        start_epoch = training.epochs + 1
     if resident_data is None:
-        resident_data = wants_resident_data(config.data_on_device, train_set, device)
-    resident = ResidentFeatures(train_set, device) if resident_data and start_epoch <= config.epochs else None
+        resident_data = wants_resident_data(training.data_on_device, train_set, device)
+    resident = None
+    if resident_data and start_epoch <= training.epochs:
+        resident = ResidentFeatures(train_set, device)
     stopped_early = False
     started = time.perf_counter()
-    for epoch in range(start_epoch, config.epochs + 1):
-        batch_sampler = sampler_for(epoch)
+    for epoch in range(start_epoch, training.epochs + 1):
+        row = run.epoch(epoch, resident)
+        _record_epoch(state, row, training.select_epoch, parts.ema.module if parts.ema is not None else model)
+        if context.is_main:
+            save_checkpoint(checkpoint_path, parts.capture(model, state).to_dict())
+            if history_path is not None:
+                write_history(history_path, state.history)
+        eta = (time.perf_counter() - started) / (epoch - start_epoch + 1) * (training.epochs - epoch)
+        _log_epoch(row, state.best_epoch, training.epochs, eta)
+        if _should_stop(state.history, state.best_epoch, training):
+            logger.info("early stopping: no validation gain for %d epochs", training.patience)
+            stopped_early = True
+            break
+    return FitResult(
+        history=state.history,
+        best_epoch=state.best_epoch,
+        best_val_accuracy=state.best_val_accuracy,
+        best_state=state.best_model,
+        stopped_early=stopped_early,
+    )
+
+
+@dataclass
+class _Fit:
+    """What stays fixed over the epochs of one ``fit``; :meth:`epoch` trains and validates one epoch."""
+
+    model: AudioClassifier
+    train_set: FeatureDataset
+    val_set: FeatureDataset
+    training: TrainingConfig
+    augment: AugmentConfig
+    context: DistributedContext
+    checkpoint_path: Path
+    progress: bool
+
+    def __post_init__(self) -> None:
+        first = self.sampler(1)
+        steps = len(first) if first is not None else -(-len(self.train_set) // self.training.batch_size)
+        self.parts = _optimisation(self.model, self.training, self.augment, self.context, steps)
+
+    def sampler(self, epoch: int) -> GlobalBatchSampler | None:
+        """Each rank's share of every global batch of ``epoch`` under torchrun; None for one process."""
+        if not self.context.distributed:
+            return None
+        training, context = self.training, self.context
+        return GlobalBatchSampler(
+            len(self.train_set),
+            training.batch_size,
+            context.rank,
+            context.world_size,
+            seed=training.seed,
+            epoch=epoch,
+        )
+
+    def batches(
+        self, epoch: int, sampler: GlobalBatchSampler | None, resident: ResidentFeatures | None
+    ) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
+        """The training batches of ``epoch``, from device memory or through a DataLoader (the same ones)."""
+        training = self.training
         if resident is not None:
-            loader = resident.batches(
-                batch_sampler or epoch_batches(train_set, config.batch_size, True, config.seed, epoch)
+            return resident.batches(
+                sampler or epoch_batches(self.train_set, training.batch_size, True, training.seed, epoch)
             )
-        else:
-            loader = make_loader(
-                train_set,
-                config.batch_size,
-                shuffle=True,
-                seed=config.seed,
-                epoch=epoch,
-                num_workers=config.num_workers,
-                batch_sampler=batch_sampler,
-            )
-        train_set.set_epoch(epoch)  # which precomputed audio variant each clip uses this epoch
-        lr = scheduler.get_last_lr()[0]
-        with out_of_memory_guard(runner, train_set, config, context, epoch, checkpoint_path):
+        return make_loader(
+            self.train_set,
+            training.batch_size,
+            shuffle=True,
+            seed=training.seed,
+            epoch=epoch,
+            num_workers=training.num_workers,
+            batch_sampler=sampler,
+        )
+
+    def epoch(self, epoch: int, resident: ResidentFeatures | None) -> dict[str, float]:
+        """Train one epoch (stats summed over ranks), validate what the run would keep; the history row."""
+        parts, training, context, model = self.parts, self.training, self.context, self.model
+        sampler = self.sampler(epoch)
+        loader = self.batches(epoch, sampler, resident)
+        self.train_set.set_epoch(epoch)  # which precomputed audio variant each clip uses this epoch
+        lr = parts.scheduler.get_last_lr()[0]
+        ema = parts.ema
+        checkpoint = self.checkpoint_path
+        with out_of_memory_guard(parts.runner, self.train_set, training, context, epoch, checkpoint):
             stats = train_one_epoch(
-                runner,
+                parts.runner,
                 loader,
-                optimizer,
-                scheduler,
-                device,
-                criterion,
-                progress=progress and context.is_main,
-                desc=f"epoch {epoch}/{config.epochs}",
-                scaler=scaler,
-                loss_weights=batch_sampler.loss_weights() if batch_sampler is not None else None,
-                mixup_alpha=mixup_alpha,
-                mixup_domain=mixup_domain,
+                parts.optimizer,
+                parts.scheduler,
+                context.device,
+                parts.criterion,
+                progress=self.progress and context.is_main,
+                desc=f"epoch {epoch}/{training.epochs}",
+                scaler=parts.scaler,
+                loss_weights=sampler.loss_weights() if sampler is not None else None,
+                mixup_alpha=self.augment.mixup_alpha,
+                mixup_domain=self.augment.mixup_domain,
                 after_step=(lambda: ema.update_parameters(model)) if ema is not None else None,
             )
         stats = reduce_epoch_stats(stats, context)
-        val = evaluate_sharded(scored, val_set, max(config.batch_size, 64), device, context)
-        row = {
+        scored = ema.module if ema is not None else parts.runner  # what validation scores and the run keeps
+        val = evaluate_sharded(scored, self.val_set, max(training.batch_size, 64), context.device, context)
+        return {
             "epoch": epoch,
             "train_loss": stats.loss,
             "train_accuracy": stats.accuracy,
@@ -247,57 +326,30 @@ def fit(
             "seconds": stats.seconds,
             "data_wait_fraction": stats.data_wait_fraction,
         }
-        history.append(row)
-        score = selection_score(config.select_epoch, epoch, val.accuracy, val.loss)
-        if score > best_score:
-            best_epoch, best_accuracy, best_score = epoch, val.accuracy, score
-            best_state = copy.deepcopy((ema.module if ema is not None else model).state_dict())
-        if context.is_main:
-            save_checkpoint(
-                checkpoint_path,
-                {
-                    "epoch": epoch,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict() if scaler is not None else {},
-                    "ema": ema.state_dict() if ema is not None else {},
-                    "rng": torch.get_rng_state(),
-                    "history": history,
-                    "best_epoch": best_epoch,
-                    "best_val_accuracy": best_accuracy,
-                    "best_score": best_score,
-                    "best_model": best_state,
-                },
-            )
-            if history_path is not None:
-                write_history(history_path, history)
-        elapsed = time.perf_counter() - started
-        eta = elapsed / (epoch - start_epoch + 1) * (config.epochs - epoch)
-        logger.info(
-            "epoch %d/%d  train loss %.4f acc %.1f%%  val loss %.4f acc %.1f%%%s  %.1fs  ETA %s",
-            epoch,
-            config.epochs,
-            stats.loss,
-            100 * stats.accuracy,
-            val.loss,
-            100 * val.accuracy,
-            " *" if best_epoch == epoch else "",
-            stats.seconds,
-            format_duration(eta),
-        )
-        if on_epoch_end is not None:
-            on_epoch_end(row)
-        if _should_stop(history, best_epoch, config):
-            logger.info("early stopping: no validation gain for %d epochs", config.patience)
-            stopped_early = True
-            break
-    return FitResult(
-        history=history,
-        best_epoch=best_epoch,
-        best_val_accuracy=best_accuracy,
-        best_state=best_state,
-        stopped_early=stopped_early,
+
+
+def _record_epoch(state: TrainState, row: dict[str, float], criterion: str, scored: nn.Module) -> None:
+    """Append ``row`` to the history and keep the epoch's weights when its score beats the best so far."""
+    state.epoch = int(row["epoch"])
+    state.history.append(row)
+    score = selection_score(criterion, state.epoch, row["val_accuracy"], row["val_loss"])
+    if score > state.best_score:
+        state.best_epoch, state.best_val_accuracy, state.best_score = state.epoch, row["val_accuracy"], score
+        state.best_model = copy.deepcopy(scored.state_dict())
+
+
+def _log_epoch(row: dict[str, float], best_epoch: int, epochs: int, eta: float) -> None:
+    logger.info(
+        "epoch %d/%d  train loss %.4f acc %.1f%%  val loss %.4f acc %.1f%%%s  %.1fs  ETA %s",
+        row["epoch"],
+        epochs,
+        row["train_loss"],
+        100 * row["train_accuracy"],
+        row["val_loss"],
+        100 * row["val_accuracy"],
+        " *" if best_epoch == row["epoch"] else "",
+        row["seconds"],
+        format_duration(eta),
     )
 
 

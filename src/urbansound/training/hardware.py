@@ -1,9 +1,9 @@
 """How the classifier runs on the device: mixed precision, channels-last, torch.compile, DDP.
 
-The training loop drives a :class:`TrainingModel`, whose ``classify_features`` goes through DDP and
-``torch.compile`` (both wrap ``forward`` only, while the training path is ``classify_features``) under
-autocast. The plain :class:`~urbansound.features.frontend.AudioClassifier` inside keeps the weights: it is
-what the optimiser, checkpoints and model files see.
+The training loop drives a :class:`TrainingModel`, whose ``classify_features`` applies the training-only
+augmentation and goes through DDP and ``torch.compile`` (both wrap ``forward`` only, so the training path is
+a module's ``forward``) under autocast. The plain :class:`~urbansound.models.classifier.AudioClassifier`
+inside keeps the weights: it is what the optimiser, checkpoints and model files see.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from urbansound.errors import ConfigError
-from urbansound.features.frontend import AudioClassifier
+from urbansound.models.classifier import AudioClassifier
 from urbansound.training.distributed import DistributedContext, convert_batchnorm
 
 logger = logging.getLogger(__name__)
@@ -48,24 +48,32 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if name == "bf16" else torch.float16
 
 
-class _FeaturePath(nn.Module):
-    """``forward`` = ``classify_features``, so wrappers that hook ``forward`` see the training path."""
+class _TrainingPath(nn.Module):
+    """The training path as a ``forward``, so that DDP and torch.compile (which wrap ``forward`` only) see
+    it: FilterAugment on dB features, the classifier's normaliser, SpecAugment on normalised features, the
+    backbone. Both augmentations act only in training mode and hold no state, so the classifier's
+    state_dict (what checkpoints and model files store) is the same with or without them."""
 
-    def __init__(self, classifier: AudioClassifier) -> None:
+    def __init__(self, classifier: AudioClassifier, band_augment: nn.Module, spec_augment: nn.Module) -> None:
         super().__init__()
         self.classifier = classifier
+        self.band_augment = band_augment
+        self.spec_augment = spec_augment
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        # features: (batch, n_bands, frames) -> logits (batch, n_classes)
-        return self.classifier.classify_features(features)
+        # features: (batch, n_bands, frames) dB -> logits (batch, n_classes)
+        x = self.spec_augment(self.classifier.normalizer(self.band_augment(features)))
+        return self.classifier.classify_normalized(x)
 
 
 class TrainingModel(nn.Module):
-    """The classifier as :func:`~urbansound.training.loop.train_one_epoch` and ``evaluate`` drive it.
+    """The classifier as :func:`~urbansound.training.loop.train_one_epoch` and ``evaluate`` drive it: the
+    training-only behaviour (augmentation, DDP, autocast) lives here, never on the deployable classifier.
 
-    In training mode ``classify_features`` runs through DDP (when distributed); in eval mode it bypasses
-    DDP, whose forward may issue collectives that ranks scoring different numbers of batches would not
-    match. Both run under autocast when a reduced precision is chosen.
+    In training mode FilterAugment (before the normaliser) and SpecAugment (after it) are applied and
+    ``classify_features`` runs through DDP (when distributed); in eval mode it bypasses DDP, whose forward
+    may issue collectives that ranks scoring different numbers of batches would not match. Both run under
+    autocast when a reduced precision is chosen.
     """
 
     def __init__(
@@ -93,8 +101,12 @@ def prepare_model(
     context: DistributedContext,
     precision: str = "fp32",
     compile: bool = False,
+    band_augment: nn.Module | None = None,
+    spec_augment: nn.Module | None = None,
 ) -> TrainingModel:
-    """Move ``classifier`` to the context's device and wrap it for training.
+    """Move ``classifier`` to the context's device and wrap it for training, with ``band_augment``
+    (FilterAugment, on dB features) and ``spec_augment`` (SpecAugment, on normalised features) applied in
+    training mode (default: none).
 
     Distributed: BatchNorm is synchronised over ranks (in place, parameters kept) and the model is wrapped
     in DistributedDataParallel. CUDA and CPU: channels-last weights (cuDNN and oneDNN then run every
@@ -113,7 +125,9 @@ def prepare_model(
         torch.backends.cudnn.benchmark = True
     if device.type in CHANNELS_LAST_DEVICES:
         classifier.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    eval_path: nn.Module = _FeaturePath(classifier)
+    eval_path: nn.Module = _TrainingPath(
+        classifier, band_augment or nn.Identity(), spec_augment or nn.Identity()
+    )
     train_path: nn.Module = eval_path
     if context.distributed:
         from torch.nn.parallel import DistributedDataParallel

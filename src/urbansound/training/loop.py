@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from urbansound.devices import to_device
 from urbansound.features.augment import mixup_batch
-from urbansound.features.frontend import AudioClassifier
+from urbansound.models.classifier import AudioClassifier
 
 
 class FeatureDataset(Dataset):
@@ -251,8 +251,7 @@ def train_one_epoch(
             features, labels = next(iterator)
         except StopIteration:
             break
-        features = features.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
+        features, labels = features.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         wait += time.perf_counter() - fetch
         if mixup_alpha > 0:
             features, labels_a, labels_b, lam = mixup_batch(features, labels, mixup_alpha, mixup_domain)

@@ -2,33 +2,25 @@
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
 import time
 from dataclasses import dataclass, replace
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
-from urbansound.config import RunConfig, default_cache_dir
+from urbansound.config import RunConfig, TrainingConfig, default_cache_dir
 from urbansound.data.datasets import load_dataset
-from urbansound.data.metadata import DatasetIndex, Problem, write_problems
+from urbansound.data.metadata import DatasetIndex, Problem
 from urbansound.data.splits import Split, make_split
 from urbansound.errors import ConfigError, DataError
 from urbansound.evaluation.metrics import classification_metrics
 from urbansound.evaluation.plots import plot_confusion_matrix, plot_history
 from urbansound.evaluation.report import write_report
-from urbansound.features.augment import filter_augment_from_config, spec_augment_from_config
 from urbansound.features.cache import CachedFeatures, FeatureCache, band_statistics
-from urbansound.features.frontend import AudioClassifier
-from urbansound.io_utils import atomic_write_json, atomic_write_text
 from urbansound.modelfile import ModelSpec, build_classifier, load_pretrained_weights, save_model_file
-from urbansound.training.checkpoint import CHECKPOINT_NAME
+from urbansound.models.classifier import AudioClassifier
 from urbansound.training.distributed import (
     DistributedContext,
     broadcast_object,
@@ -36,12 +28,10 @@ from urbansound.training.distributed import (
     run_in_turns,
 )
 from urbansound.training.fit import FitResult, fit, format_duration
-from urbansound.training.loop import FeatureDataset, evaluate, make_loader
+from urbansound.training.loop import FeatureDataset, Predictions, evaluate, make_loader
+from urbansound.training.run_folder import EnsembleMetrics, RunFolder, RunMetrics
 
 logger = logging.getLogger(__name__)
-
-CONFIG_NAME = "config.json"
-MODEL_NAME = "model.safetensors"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -128,119 +118,141 @@ def prepare_data(
 
 
 def new_run_dir(config: RunConfig) -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = Path(config.runs_dir) / f"{stamp}-{config.name}"
-    suffix = 1
-    while run_dir.exists():
-        suffix += 1
-        run_dir = Path(config.runs_dir) / f"{stamp}-{config.name}-{suffix}"
-    run_dir.mkdir(parents=True)
-    return run_dir
+    """A new, empty run folder ``<runs_dir>/<timestamp>-<name>``."""
+    return RunFolder.create(config.runs_dir, config.name).path
 
 
 def load_run_config(run_dir: Path) -> RunConfig:
-    path = run_dir / CONFIG_NAME
-    if not path.is_file():
-        raise DataError(f"{run_dir}: not a run folder (no {CONFIG_NAME})")
-    try:
-        return RunConfig.from_dict(json.loads(path.read_text()))
-    except (ValueError, TypeError) as error:
-        raise DataError(f"{path}: unreadable run configuration ({error})") from None
+    """The configuration saved in a run folder."""
+    return RunFolder(Path(run_dir)).read_config()
 
 
-def _write_split(path: Path, index: DatasetIndex, split: Split) -> None:
-    """Which clip went where, so anyone can check that no recording spans two sides."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["slice_file_name", "fold", "fsID", "class", "side"])
-    for side, members in (("train", split.train), ("val", split.val), ("test", split.test)):
-        for i in members:
-            r = index.records[i]
-            writer.writerow([r.slice_file_name, r.fold, r.fs_id, r.class_name, side])
-    atomic_write_text(path, buffer.getvalue())
+@dataclass
+class Member:
+    """One trained ensemble member: its kept weights (eval mode) and how it got them."""
+
+    model: AudioClassifier
+    result: FitResult
+    seed: int
+
+
+@dataclass
+class Assembled:
+    """What a run keeps: the deployable classifier (an ensemble for several members) and its spec."""
+
+    model: AudioClassifier
+    spec: ModelSpec
 
 
 def train(
     config: RunConfig, resume_dir: Path | None = None, progress: bool = True, run_dir: Path | None = None
 ) -> Path:
-    """Run (or resume) a training run and return its folder.
+    """Run a training run and return its folder (``resume_dir``: same as :func:`resume`, ``config`` unused).
 
-    The folder gets ``config.json``, ``split.csv``, ``history.csv``, ``checkpoint.pt`` (for resuming),
-    ``model.safetensors`` (the epoch ``select_epoch`` keeps), ``metrics.json``, ``train_test_loss.png``,
-    ``confusion_matrix.png``, ``report.md`` and, if clips were skipped, ``skipped_clips.csv``.
+    The folder gets the files :class:`~urbansound.training.run_folder.RunFolder` names: ``config.json``,
+    ``split.csv``, ``history.csv``, ``checkpoint.pt`` (for resuming), ``model.safetensors`` (the epoch
+    ``select_epoch`` keeps), ``metrics.json``, ``train_test_loss.png``, ``confusion_matrix.png``,
+    ``report.md`` and, if clips were skipped, ``skipped_clips.csv``.
 
     Under torchrun every process calls this and trains with DDP (see ``training/distributed.py``); rank 0
     computes the feature cache (the others then open the same memory map), creates the run folder and
     writes every file in it. All ranks return the same folder.
     """
     if resume_dir is not None:
-        config = load_run_config(resume_dir)
-        run_dir = resume_dir
+        return resume(resume_dir, progress=progress)
+    return _run(config, RunFolder(run_dir) if run_dir is not None else None, False, progress)
+
+
+def resume(run_dir: Path, progress: bool = True) -> Path:
+    """Continue the run in ``run_dir`` with the configuration saved there, from each member's last
+    completed epoch (members without a checkpoint start afresh); returns ``run_dir``."""
+    folder = RunFolder(Path(run_dir))
+    return _run(folder.read_config(), folder, True, progress)
+
+
+def _run(config: RunConfig, folder: RunFolder | None, resuming: bool, progress: bool) -> Path:
+    """The stages of a run, in order: prepare data, train members, assemble, score, write results."""
     config.validate()
     with distributed_session(resolve_device(config.training.device)) as context:
-        return _train(config, context, resume_dir, progress and context.is_main, run_dir)
+        progress = progress and context.is_main
+        started = time.perf_counter()
+        device = context.device
+        data = run_in_turns(context, lambda: prepare_data(config, progress=progress, device=device))
+        config.model.n_classes = len(data.index.class_names)
+        folder = start_run_folder(config, data, folder, resuming, context)
+        members = train_members(config, data, folder, context, resuming, progress)
+        if not context.is_main:
+            return folder.path  # rank 0 alone tests the model and writes the results
+        assembled = assemble(config, data, members, device)
+        metrics = score(assembled.model, members, data, config, device)
+        write_results(folder, config, assembled, members, metrics, started)
+        return folder.path
 
 
-def _train(
+def start_run_folder(
     config: RunConfig,
-    context: DistributedContext,
-    resume_dir: Path | None,
-    progress: bool,
-    run_dir: Path | None,
-) -> Path:
-    started = time.perf_counter()
-    device = context.device
-    data = run_in_turns(context, lambda: prepare_data(config, progress=progress, device=device))
-    config.model.n_classes = len(data.index.class_names)
+    data: PreparedData,
+    folder: RunFolder | None,
+    resuming: bool,
+    context: DistributedContext | None = None,
+) -> RunFolder:
+    """Create (unless resuming) the run folder and write the configuration, split and skipped clips into it
+    (rank 0); every rank returns the same folder."""
+    context = context or DistributedContext(device=torch.device("cpu"))
     if context.is_main:
-        if resume_dir is None:
-            run_dir = run_dir or new_run_dir(config)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(run_dir / CONFIG_NAME, config.to_dict())
-        assert run_dir is not None
-        logger.info("run folder: %s", run_dir)
+        if not resuming:
+            folder = folder or RunFolder.create(config.runs_dir, config.name)
+            folder.path.mkdir(parents=True, exist_ok=True)
+            folder.write_config(config)
+        assert folder is not None
+        logger.info("run folder: %s", folder.path)
         logger.info(
             "split: %s (train %d, val %d, test %d clips)", data.split.description, *data.split.sizes.values()
         )
-        _write_split(run_dir / "split.csv", data.index, data.split)
+        folder.write_split(data.index, data.split)
         if data.index.skipped:
-            write_problems(data.index.skipped, run_dir / "skipped_clips.csv")
-            logger.warning(
-                "%d clip(s) skipped; listed in %s", len(data.index.skipped), run_dir / "skipped_clips.csv"
-            )
+            path = folder.write_skipped(data.index.skipped)
+            logger.warning("%d clip(s) skipped; listed in %s", len(data.index.skipped), path)
     # Rank 0 named the folder (a timestamp); the others learn it here instead of creating their own.
-    run_dir = broadcast_object(run_dir)
-    assert run_dir is not None
+    folder = broadcast_object(folder)
+    assert folder is not None
+    return folder
 
-    spec = ModelSpec(
+
+def model_spec(config: RunConfig, data: PreparedData) -> ModelSpec:
+    """The spec of the run's model file (the ensemble's, when ``config.model.ensemble`` > 1)."""
+    return ModelSpec(
         audio=config.audio, features=config.features, model=config.model, class_names=data.index.class_names
     )
-    # One set of band statistics for every ensemble member: they see the same training clips.
+
+
+def train_members(
+    config: RunConfig,
+    data: PreparedData,
+    folder: RunFolder,
+    context: DistributedContext | None = None,
+    resuming: bool = False,
+    progress: bool = True,
+) -> list[Member]:
+    """Train the ``config.model.ensemble`` members (one for a single model), each with its kept weights.
+
+    Member k trains exactly as a single run with seed + k - 1 would (initialisation, batch order, which
+    cached variant each epoch draws) on the same split; its files carry a -memberK suffix. One set of band
+    statistics serves every member: they see the same training clips.
+    """
+    context = context or DistributedContext(device=resolve_device(config.training.device))
     mean, std = band_statistics(data.features, data.split.train, db_reference=config.features.db_reference)
+    spec = replace(model_spec(config, data), model=replace(config.model, ensemble=1))
     val_set = FeatureDataset(data.features, data.labels, data.split.val)
-    test_set = FeatureDataset(data.features, data.labels, data.split.test)
     n_members = config.model.ensemble
-    member_spec = replace(spec, model=replace(config.model, ensemble=1))
-    members: list[tuple[AudioClassifier, FitResult]] = []
+    members = []
     for member in range(1, n_members + 1):
-        # Member k trains exactly as a single run with seed + k - 1 would (initialisation, batch order,
-        # which cached variant each epoch draws) on the same split; its files carry a -memberK suffix.
         training = replace(config.training, seed=config.training.seed + member - 1)
-        suffix = "" if member == 1 else f"-member{member}"
-        checkpoint = run_dir / CHECKPOINT_NAME.replace(".pt", f"{suffix}.pt")
         if n_members > 1:
             logger.info("ensemble member %d of %d (seed %d)", member, n_members, training.seed)
-        resume = resume_dir is not None and checkpoint.is_file()  # else this member starts afresh
-        torch.manual_seed(training.seed)
-        model = build_classifier(member_spec)
-        if config.training.init_from and not resume:
-            reset = load_pretrained_weights(model, config.training.init_from)
-            logger.info(
-                "initialised from %s%s", config.training.init_from, f" (new: {reset})" if reset else ""
-            )
-        model.normalizer.set_statistics(torch.from_numpy(mean), torch.from_numpy(std))
-        model.band_augment = filter_augment_from_config(config.augment)
-        model.augment = spec_augment_from_config(config.augment)
+        checkpoint = folder.checkpoint_path(member)
+        resume_member = resuming and checkpoint.is_file()  # else this member starts afresh
+        model = _initial_member(spec, training, mean, std, resume_member)
         train_set = FeatureDataset(
             data.features, data.labels, data.split.train, variants=data.variants, seed=training.seed
         )
@@ -249,94 +261,138 @@ def _train(
             train_set,
             val_set,
             training,
-            device,
+            config.augment,
+            context.device,
             checkpoint,
-            history_path=run_dir / f"history{suffix}.csv",
-            resume=resume,
+            history_path=folder.history_path(member),
+            resume=resume_member,
             progress=progress,
             context=context,
-            mixup_alpha=config.augment.mixup_alpha,
-            mixup_domain=config.augment.mixup_domain,
         )
         # Model selection is over for this member: the kept epoch's weights.
         model.load_state_dict(result.best_state)
-        model.band_augment, model.augment = nn.Identity(), nn.Identity()
-        members.append((model, result))
-    if not context.is_main:
-        return run_dir  # rank 0 alone tests the model and writes the results
+        members.append(Member(model=model.eval(), result=result, seed=training.seed))
+    return members
 
-    model, result = members[0]
+
+def _initial_member(
+    spec: ModelSpec, training: TrainingConfig, mean: np.ndarray, std: np.ndarray, resuming: bool
+) -> AudioClassifier:
+    """A member's classifier before training: seeded initialisation (or ``init_from``'s weights) and the
+    run's band statistics."""
+    torch.manual_seed(training.seed)
+    model = build_classifier(spec)
+    if training.init_from and not resuming:
+        reset = load_pretrained_weights(model, training.init_from)
+        logger.info("initialised from %s%s", training.init_from, f" (new: {reset})" if reset else "")
+    model.normalizer.set_statistics(torch.from_numpy(mean), torch.from_numpy(std))
+    return model
+
+
+def assemble(
+    config: RunConfig, data: PreparedData, members: list[Member], device: torch.device | None = None
+) -> Assembled:
+    """The deployable classifier: the single member, or one whose backbone is a :class:`SeedEnsemble` of
+    the members' backbones, on ``device`` (default: where the first member is)."""
+    spec = model_spec(config, data)
+    models = [m.model for m in members]
+    model = models[0] if len(models) == 1 else assemble_ensemble(spec, models)
+    device = device or next(members[0].model.parameters()).device
+    return Assembled(model=model.to(device).eval(), spec=spec)
+
+
+def score(
+    model: AudioClassifier,
+    members: list[Member],
+    data: PreparedData,
+    config: RunConfig,
+    device: torch.device | None = None,
+) -> RunMetrics:
+    """Every choice is made: score the kept model on the validation set and, once, the test set.
+
+    For an ensemble each member is also scored alone on the same sets, to show what averaging adds;
+    reported, never used for a choice. ``wall_seconds`` is left for :func:`write_results` to fill in."""
+    device = device or next(model.parameters()).device
     batch = max(config.training.batch_size, 64)
-    ensemble_metrics = None
-    if n_members > 1:
-        model = assemble_ensemble(spec, [m for m, _ in members]).to(device)
-        ensemble_metrics = {
-            "members": n_members,
-            "seeds": [config.training.seed + k for k in range(n_members)],
-            "kept_epochs": [r.best_epoch for _, r in members],
-            # Each member alone, on the same sets, to show what averaging adds; reported, never used for a
-            # choice (every choice was made before this point).
-            "member_val_accuracy": [
-                evaluate(m, make_loader(val_set, batch, shuffle=False), device).accuracy for m, _ in members
-            ],
-            "member_test_accuracy": [
-                evaluate(m, make_loader(test_set, batch, shuffle=False), device).accuracy for m, _ in members
-            ],
-        }
-    # Every choice is made: the test set is scored once, on the kept weights.
-    val = evaluate(model, make_loader(val_set, batch, shuffle=False), device)
-    test = evaluate(model, make_loader(test_set, batch, shuffle=False), device)
     names = data.index.class_names
+
+    def predictions(classifier: AudioClassifier, rows: list[int]) -> Predictions:
+        loader = make_loader(FeatureDataset(data.features, data.labels, rows), batch, shuffle=False)
+        return evaluate(classifier, loader, device)
+
+    ensemble = None
+    if len(members) > 1:
+        ensemble = EnsembleMetrics(
+            members=len(members),
+            seeds=[m.seed for m in members],
+            kept_epochs=[m.result.best_epoch for m in members],
+            member_val_accuracy=[predictions(m.model, data.split.val).accuracy for m in members],
+            member_test_accuracy=[predictions(m.model, data.split.test).accuracy for m in members],
+        )
+    val, test = predictions(model, data.split.val), predictions(model, data.split.test)
     test_metrics = classification_metrics(test.labels.tolist(), test.predicted.tolist(), names)
     val_metrics = classification_metrics(val.labels.tolist(), val.predicted.tolist(), names)
-    metrics = {
-        "test_accuracy": test_metrics["accuracy"],
-        "test_macro_f1": test_metrics["macro_f1"],
-        "val_accuracy": val_metrics["accuracy"],
-        "val_macro_f1": val_metrics["macro_f1"],
-        "best_epoch": result.best_epoch,
-        "epochs_run": len(result.history),
-        "stopped_early": result.stopped_early,
-        "split": data.split.to_dict(),
-        "n_skipped": len(data.index.skipped),
-        "ensemble": ensemble_metrics,
-        "per_class": test_metrics["per_class"],
-        "test": test_metrics,
-        "val": val_metrics,
-        "class_names": names,
-        "wall_seconds": None,
-    }
+    result = members[0].result
+    return RunMetrics(
+        test_accuracy=test_metrics["accuracy"],
+        test_macro_f1=test_metrics["macro_f1"],
+        val_accuracy=val_metrics["accuracy"],
+        val_macro_f1=val_metrics["macro_f1"],
+        best_epoch=result.best_epoch,
+        epochs_run=len(result.history),
+        stopped_early=result.stopped_early,
+        split=data.split.to_dict(),
+        n_skipped=len(data.index.skipped),
+        ensemble=ensemble,
+        per_class=test_metrics["per_class"],
+        test=test_metrics,
+        val=val_metrics,
+        class_names=names,
+    )
+
+
+def write_results(
+    folder: RunFolder,
+    config: RunConfig,
+    assembled: Assembled,
+    members: list[Member],
+    metrics: RunMetrics,
+    started: float | None = None,
+) -> None:
+    """Write the model file, plots, ``metrics.json`` (with the run's wall time since ``started``, a
+    ``time.perf_counter()`` reading) and the report into ``folder``."""
+    result = members[0].result
     save_model_file(
-        run_dir / MODEL_NAME,
-        model,
-        spec,
+        folder.model_path,
+        assembled.model,
+        assembled.spec,
         extra={
-            "val_accuracy": val_metrics["accuracy"],
+            "val_accuracy": metrics.val_accuracy,
             "best_epoch": result.best_epoch,
-            "split": data.split.description,
+            "split": metrics.split["description"],
         },
     )
-    plot_history(result.history, run_dir / "train_test_loss.png", test_accuracy=test_metrics["accuracy"])
+    plot_history(result.history, folder.file(RunFolder.HISTORY_PLOT), test_accuracy=metrics.test_accuracy)
     plot_confusion_matrix(
-        test_metrics["confusion_matrix"],
-        names,
-        run_dir / "confusion_matrix.png",
-        title=f"{config.model.name} / {config.features.kind}: {data.split.description}",
+        metrics.test["confusion_matrix"],
+        metrics.class_names,
+        folder.file(RunFolder.CONFUSION_PLOT),
+        title=f"{config.model.name} / {config.features.kind}: {metrics.split['description']}",
     )
-    metrics["wall_seconds"] = round(time.perf_counter() - started, 1)
-    atomic_write_json(run_dir / "metrics.json", metrics)
-    write_report(run_dir, config.to_dict(), metrics, result.history)
+    if started is not None:
+        metrics.wall_seconds = round(time.perf_counter() - started, 1)
+    folder.write_metrics(metrics)
+    write_report(folder.path, config.to_dict(), metrics.to_dict(), result.history)
     logger.info(
         "test accuracy %.1f%%, macro-F1 %.3f on %s (epoch kept %d by %s, val accuracy %.1f%%) in %s",
-        100 * test_metrics["accuracy"],
-        test_metrics["macro_f1"],
+        100 * metrics.test_accuracy,
+        metrics.test_macro_f1,
         f"test fold {config.split.test_fold}" if config.split.method == "folds" else "the random test split",
         result.best_epoch,
         config.training.select_epoch,
-        100 * val_metrics["accuracy"],
-        format_duration(metrics["wall_seconds"]),
+        100 * metrics.val_accuracy,
+        format_duration(metrics.wall_seconds or 0.0),
     )
-    return run_dir
 
 
 def assemble_ensemble(spec: ModelSpec, members: list[AudioClassifier]) -> AudioClassifier:
@@ -356,4 +412,17 @@ def dry_run(config: RunConfig) -> tuple[DatasetIndex, Split]:
     return index, make_split(index.records, config.split, config.training.seed)
 
 
-__all__ = ["train", "dry_run", "prepare_data", "resolve_device", "load_run_config", "Problem"]
+__all__ = [
+    "train",
+    "resume",
+    "dry_run",
+    "prepare_data",
+    "start_run_folder",
+    "train_members",
+    "assemble",
+    "score",
+    "write_results",
+    "resolve_device",
+    "load_run_config",
+    "Problem",
+]
