@@ -42,7 +42,13 @@ from urbansound.models.complexity import count_macs
 from urbansound.training.distributed import DistributedContext
 from urbansound.training.fit import make_optimizer
 from urbansound.training.hardware import prepare_model
-from urbansound.training.loop import FeatureDataset, ResidentFeatures, epoch_batches, train_one_epoch
+from urbansound.training.loop import (
+    FeatureDataset,
+    ResidentFeatures,
+    StepSettings,
+    epoch_batches,
+    train_one_epoch,
+)
 
 
 def _sync(device: torch.device) -> None:
@@ -153,8 +159,9 @@ def throughput(
                     optimizer,
                     scheduler,
                     device,
-                    nn.CrossEntropyLoss(label_smoothing=0.1),
-                    mixup_alpha=config.augment.mixup_alpha,
+                    StepSettings(
+                        nn.CrossEntropyLoss(label_smoothing=0.1), mixup_alpha=config.augment.mixup_alpha
+                    ),
                 )
                 _sync(device)
                 rates.append(stats.n_clips / stats.seconds)

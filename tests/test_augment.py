@@ -313,16 +313,22 @@ def test_device_resident_batches_train_to_the_same_weights_as_the_loader(
 ) -> None:
     """The GPU path (features and variants held on the device, batches gathered by index there) serves the
     loader's batches in the loader's order, so an augmented run ends with bit-identical weights."""
-    import functools
+    made: list[object] = []
 
-    from urbansound.training import run as run_module
+    class Counted(fit_module.ResidentFeatures):
+        def __init__(self, *args: object) -> None:
+            super().__init__(*args)
+            made.append(self)
 
+    monkeypatch.setattr(fit_module, "ResidentFeatures", Counted)
     cache = tmp_path / "cache"
     through_loader = train(
         _augmented(tiny_config(tiny_dataset, tmp_path / "a", cache, epochs=2)), progress=False
     )
-    monkeypatch.setattr(run_module, "fit", functools.partial(fit_module.fit, resident_data=True))
-    resident = train(_augmented(tiny_config(tiny_dataset, tmp_path / "b", cache, epochs=2)), progress=False)
+    on_device = _augmented(tiny_config(tiny_dataset, tmp_path / "b", cache, epochs=2, data_on_device="yes"))
+    assert not made  # on the CPU "auto" keeps the loader
+    resident = train(on_device, progress=False)
+    assert len(made) == 1
     a, b = (
         load_file(str(through_loader / "model.safetensors")),
         load_file(str(resident / "model.safetensors")),

@@ -29,6 +29,8 @@ from urbansound.settings import (
     load_config_file,
 )
 
+CLASS_EXAMPLES = "class_examples.png"  # the demo's waveform / spectrogram plot of one clip per class
+
 logger = logging.getLogger("urbansound")
 
 # Help titles of the setting sections (top-level fields name their own group).
@@ -169,10 +171,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from urbansound.training.distributed import is_main_process
-    from urbansound.training.run import dry_run, train
+    from urbansound.training.run import dry_run, resume, train
 
     if args.resume is not None:
-        run_dir = train(RunConfig(), resume_dir=args.resume, progress=not args.quiet)
+        run_dir = resume(Path(args.resume), progress=not args.quiet)
     else:
         config = run_config_from_args(args, require_data=args.print_config is None)
         if args.print_config is not None:
@@ -239,7 +241,7 @@ def add_visualize_arguments(parser: argparse.ArgumentParser) -> None:
         include=lambda path: _features_only(path) or path in ("annotations", "data_dir"),
         required=("annotations", "data_dir"),
     )
-    parser.add_argument("--out", default="runs/class_examples.png", help="PNG to write")
+    parser.add_argument("--out", default=f"runs/{CLASS_EXAMPLES}", help="PNG to write")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -260,16 +262,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from urbansound.evaluation.examples import draw_class_examples
 
     draw_class_examples(
-        config.annotations, config.data_dir, run_dir / "class_examples.png", config.audio, config.features
+        config.annotations, config.data_dir, run_dir / CLASS_EXAMPLES, config.audio, config.features
     )
     print(f"demo run folder: {run_dir}")
+    from urbansound.training.run_folder import RunFolder
+
     for name in (
-        "report.md",
-        "metrics.json",
-        "train_test_loss.png",
-        "confusion_matrix.png",
-        "class_examples.png",
-        "model.safetensors",
+        RunFolder.REPORT,
+        RunFolder.METRICS,
+        RunFolder.HISTORY_PLOT,
+        RunFolder.CONFUSION_PLOT,
+        CLASS_EXAMPLES,
+        RunFolder.MODEL,
     ):
         print(f"  {run_dir / name}")
     return 0
@@ -402,7 +406,9 @@ def cmd_crossval(args: argparse.Namespace) -> int:
         out_dir = crossval(
             config, folds=args.folds, out_dir=Path(args.out) if args.out else None, progress=not args.quiet
         )
-    print((out_dir / "crossval.md").read_text())
+    from urbansound.training.run_folder import RunFolder
+
+    print((out_dir / RunFolder.CROSSVAL_REPORT).read_text())
     print(f"cross-validation folder: {out_dir}")
     return 0
 

@@ -26,7 +26,7 @@ CACHE_DTYPES = ("float32", "float16")
 SCHEDULERS = ("onecycle", "cosine")
 DATA_ON_DEVICE = ("auto", "yes", "no")
 SELECT_EPOCH = ("val_accuracy", "val_loss", "last")
-LAYOUTS = ("auto", "urbansound8k", "esc50", "folders")  # the same tuple as urbansound.data.datasets.LAYOUTS
+LAYOUTS = ("auto", "urbansound8k", "esc50", "folders")  # dataset layouts urbansound.data.datasets reads
 # The student project's own spellings of the feature kinds, kept as aliases.
 FEATURE_KIND_ALIASES = {"mel": "mel_spec", "log_mel": "mel_spec", "gamma": "gammatone"}
 

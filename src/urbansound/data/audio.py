@@ -64,7 +64,7 @@ def resample(waveform: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
 
 
 def fix_length(waveform: np.ndarray, n_samples: int) -> np.ndarray:
-    """Cut to ``n_samples`` or right-pad with zeros, as the seed did."""
+    """Cut to ``n_samples`` or right-pad with zeros, as the baseline recipe always has."""
     if waveform.shape[-1] >= n_samples:
         return waveform[..., :n_samples]
     pad = [(0, 0)] * (waveform.ndim - 1) + [(0, n_samples - waveform.shape[-1])]

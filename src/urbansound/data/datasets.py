@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold
 
+from urbansound.config import LAYOUTS
 from urbansound.data.metadata import (
     ClipRecord,
     DatasetIndex,
@@ -35,7 +36,6 @@ from urbansound.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
-LAYOUTS = ("auto", "urbansound8k", "esc50", "folders")
 ESC50_COLUMNS = ("filename", "fold", "target", "category", "src_file")
 # What libsndfile decodes; other files in a class folder (notes, images) are ignored.
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif", ".mp3", ".opus")

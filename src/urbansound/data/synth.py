@@ -767,6 +767,11 @@ def _render_recording(
     return audio.astype(np.float32), clip_n, hop_n, salience
 
 
+# One metadata CSV row, in METADATA_COLUMNS order:
+# slice_file_name, fsID, start (s), end (s), salience, fold, classID, class.
+_MetadataRow = tuple[str, int, float, float, int, int, int, str]
+
+
 def synthesize_dataset(
     dest: Path,
     recordings_per_class: int = 10,
@@ -789,14 +794,7 @@ def synthesize_dataset(
     Deterministic: the same arguments give byte-identical files. Refuses to write into an existing
     ``dest/UrbanSound8K`` so that stale clips of another run can never mix with the new metadata.
     """
-    for name, value, minimum in (
-        ("recordings_per_class", recordings_per_class, 1),
-        ("clips_per_recording", clips_per_recording, 1),
-        ("n_folds", n_folds, 1),
-        ("seed", seed, 0),
-    ):
-        if not isinstance(value, (int, np.integer)) or value < minimum:
-            raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    _check_dataset_args(recordings_per_class, clips_per_recording, n_folds, seed)
     root = Path(dest) / "UrbanSound8K"
     if root.exists() and any(root.iterdir()):
         raise ConfigError(f"{root} already exists and is not empty; synthesize into a fresh directory")
@@ -807,43 +805,11 @@ def synthesize_dataset(
         (audio_dir / f"fold{fold}").mkdir(parents=True, exist_ok=True)
     (root / "metadata").mkdir(parents=True, exist_ok=True)
 
-    rows = []
+    rows: list[_MetadataRow] = []
     plan = _plan_recordings(recordings_per_class, clips_per_recording, seed, n_folds, vary_formats)
     for rec in plan:
-        audio, clip_n, hop_n, salience = _render_recording(rec, clips_per_recording, seed)
-        class_name = CLASS_NAMES[rec.class_id]
-        for k in range(clips_per_recording):
-            name = f"{rec.fs_id}-{rec.class_id}-0-{k}.wav"  # occurrenceID 0: one occurrence per recording
-            path = audio_dir / f"fold{rec.fold}" / name
-            sf.write(
-                path,
-                audio[k * hop_n : k * hop_n + clip_n],
-                rec.sample_rate,
-                subtype=rec.subtype,
-                format=rec.container,
-            )
-            _clear_peak_timestamp(path)
-            # Times from sample counts, so end - start is exactly the file's duration.
-            start = rec.offset_seconds + k * hop_n / rec.sample_rate
-            end = start + clip_n / rec.sample_rate
-            rows.append(
-                (
-                    name,
-                    rec.fs_id,
-                    round(start, 6),
-                    round(end, 6),
-                    salience,
-                    rec.fold,
-                    rec.class_id,
-                    class_name,
-                )
-            )
-
-    rows.sort(key=lambda row: row[0])  # the official CSV is sorted by file name
-    with open(root / "metadata" / "UrbanSound8K.csv", "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow(METADATA_COLUMNS)
-        writer.writerows(rows)
+        rows.extend(_write_recording_clips(rec, audio_dir, clips_per_recording, seed))
+    _write_metadata(root / "metadata" / "UrbanSound8K.csv", rows)
 
     logger.info(
         "synthesized %d clips (%d recordings, %d folds) in %s in %.1f s",
@@ -854,3 +820,59 @@ def synthesize_dataset(
         time.perf_counter() - started,
     )
     return root
+
+
+def _check_dataset_args(recordings_per_class: int, clips_per_recording: int, n_folds: int, seed: int) -> None:
+    """Raise :class:`ConfigError` unless every size is an integer >= 1 and the seed an integer >= 0."""
+    for name, value, minimum in (
+        ("recordings_per_class", recordings_per_class, 1),
+        ("clips_per_recording", clips_per_recording, 1),
+        ("n_folds", n_folds, 1),
+        ("seed", seed, 0),
+    ):
+        if not isinstance(value, (int, np.integer)) or value < minimum:
+            raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _write_recording_clips(
+    rec: _Recording, audio_dir: Path, clips_per_recording: int, seed: int
+) -> list[_MetadataRow]:
+    """Render one recording, write its slices into its fold folder and return their metadata rows."""
+    audio, clip_n, hop_n, salience = _render_recording(rec, clips_per_recording, seed)
+    class_name = CLASS_NAMES[rec.class_id]
+    rows: list[_MetadataRow] = []
+    for k in range(clips_per_recording):
+        name = f"{rec.fs_id}-{rec.class_id}-0-{k}.wav"  # occurrenceID 0: one occurrence per recording
+        path = audio_dir / f"fold{rec.fold}" / name
+        sf.write(
+            path,
+            audio[k * hop_n : k * hop_n + clip_n],
+            rec.sample_rate,
+            subtype=rec.subtype,
+            format=rec.container,
+        )
+        _clear_peak_timestamp(path)
+        # Times from sample counts, so end - start is exactly the file's duration.
+        start = rec.offset_seconds + k * hop_n / rec.sample_rate
+        end = start + clip_n / rec.sample_rate
+        rows.append(
+            (
+                name,
+                rec.fs_id,
+                round(start, 6),
+                round(end, 6),
+                salience,
+                rec.fold,
+                rec.class_id,
+                class_name,
+            )
+        )
+    return rows
+
+
+def _write_metadata(path: Path, rows: list[_MetadataRow]) -> None:
+    """Write the metadata CSV, its rows sorted by file name as in the official one."""
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(METADATA_COLUMNS)
+        writer.writerows(sorted(rows, key=lambda row: row[0]))

@@ -1,4 +1,4 @@
-"""The seed's exploratory figure: a raw waveform per class with its log-mel spectrogram and gammatonegram."""
+"""The exploratory figure: a raw waveform per class with its log-mel spectrogram and gammatonegram."""
 
 from __future__ import annotations
 

@@ -50,9 +50,9 @@ def relative_to_clip_max(features: torch.Tensor) -> torch.Tensor:
 class BandNormalizer(nn.Module):
     """Standardise each band with mean and std measured on the training set (stored with the model).
 
-    The seed normalised each batch by its own statistics, so a clip's prediction depended on its batch
-    mates; fixed statistics make every prediction a function of the clip alone. With
-    ``db_reference="clip_max"`` each clip is first taken relative to its own maximum, which removes the
+    Normalising each batch by its own statistics (as the student project this started from did) makes a clip's
+    prediction depend on its batch mates; fixed statistics make every prediction a function of the clip alone.
+    With ``db_reference="clip_max"`` each clip is first taken relative to its own maximum, which removes the
     recording level (a gain change shifts every dB cell of a clip by the same amount).
     """
 

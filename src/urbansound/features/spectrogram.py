@@ -77,6 +77,13 @@ def log_filterbank_spectrogram(
     return power_to_db(bands, top_db)
 
 
+def band_spectrogram(waveform: torch.Tensor, config: FeatureConfig, sample_rate: int) -> torch.Tensor:
+    """dB band energies of ``config.kind`` (log-mel or gammatone): ``(batch, samples)`` at ``sample_rate`` Hz
+    -> ``(batch, n_bands, frames)``. The two named functions below are its librosa-style spellings."""
+    filterbank = torch.from_numpy(filterbank_matrix(config, sample_rate)).to(waveform)
+    return log_filterbank_spectrogram(waveform, filterbank, config.n_fft, config.hop_length, config.top_db)
+
+
 def log_mel_spectrogram(
     waveform: torch.Tensor,
     sample_rate: int,
@@ -92,8 +99,16 @@ def log_mel_spectrogram(
     >>> log_mel_spectrogram(torch.zeros(2, 44100), 44100).shape
     torch.Size([2, 64, 87])
     """
-    fb = torch.from_numpy(mel_filterbank(sample_rate, n_fft, n_mels, f_min, f_max)).to(waveform)
-    return log_filterbank_spectrogram(waveform, fb, n_fft, hop_length, top_db)
+    config = FeatureConfig(
+        kind="mel_spec",
+        n_fft=n_fft,
+        hop_length=hop_length,
+        n_mels=n_mels,
+        f_min=f_min,
+        f_max=f_max,
+        top_db=top_db,
+    )
+    return band_spectrogram(waveform, config, sample_rate)
 
 
 def gammatonegram(
@@ -107,5 +122,13 @@ def gammatonegram(
     top_db: float | None = 80.0,
 ) -> torch.Tensor:
     """FFT-based gammatonegram in dB: ``(batch, samples)`` -> ``(batch, n_bands, frames)``."""
-    fb = torch.from_numpy(gammatone_filterbank(sample_rate, n_fft, n_bands, f_min, f_max)).to(waveform)
-    return log_filterbank_spectrogram(waveform, fb, n_fft, hop_length, top_db)
+    config = FeatureConfig(
+        kind="gammatone",
+        n_fft=n_fft,
+        hop_length=hop_length,
+        n_mels=n_bands,
+        f_min=f_min,
+        f_max=f_max,
+        top_db=top_db,
+    )
+    return band_spectrogram(waveform, config, sample_rate)

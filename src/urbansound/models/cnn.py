@@ -1,4 +1,4 @@
-"""The seed project's 4-block CNN, kept unchanged as the baseline."""
+"""The baseline recipe's 4-block CNN (the student project's model, kept unchanged)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from torch import nn
 from urbansound.models.registry import register_model
 
 
-class SeedCNN(nn.Module):
+class BaselineCNN(nn.Module):
     """Four conv blocks (3x3 conv, ReLU, then BatchNorm), global average pool, linear classifier.
 
-    Channels 8-16-32-64 with strides 1-2-2-2, Kaiming-initialised, as in the seed project.
+    Channels 8-16-32-64 with strides 1-2-2-2, Kaiming-initialised, as in the student project.
     """
 
     def __init__(
@@ -25,7 +25,7 @@ class SeedCNN(nn.Module):
         in_channels = 1
         for out_channels, stride in zip(channels, strides, strict=True):
             conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1)
-            # The seed used kaiming_normal_ with a=0.1 (leaky-ReLU gain) and zero bias.
+            # The student project used kaiming_normal_ with a=0.1 (leaky-ReLU gain) and zero bias.
             nn.init.kaiming_normal_(conv.weight, a=0.1)
             nn.init.zeros_(conv.bias)
             blocks += [conv, nn.ReLU(), nn.BatchNorm2d(out_channels)]
@@ -43,6 +43,9 @@ class SeedCNN(nn.Module):
 
 @register_model("cnn")
 def cnn(n_classes: int, n_bands: int, **kwargs: object) -> nn.Module:
-    """The seed's CNN; ``n_bands`` is accepted for a uniform factory signature (global pooling ignores it)."""
+    """The baseline CNN; ``n_bands`` is taken for a uniform factory signature (global pooling ignores it)."""
     del n_bands
-    return SeedCNN(n_classes=n_classes, **kwargs)  # type: ignore[arg-type]
+    return BaselineCNN(n_classes=n_classes, **kwargs)  # type: ignore[arg-type]
+
+
+SeedCNN = BaselineCNN  # the class's former name, kept for code that imports it

@@ -83,7 +83,7 @@ class SBCNN(nn.Module):
             nn.Linear(hidden, n_classes),
         )
         for module in self.modules():
-            # He initialisation for ReLU layers (zero bias), as the seed CNN; PyTorch's default is ~1/3 the
+            # He initialisation for ReLU layers (zero bias), as the baseline CNN; torch's default is ~1/3 the
             # variance, and without BatchNorm that shrinks the signal layer by layer and slows early training.
             if isinstance(module, nn.Conv2d | nn.Linear):
                 nn.init.kaiming_normal_(module.weight, nonlinearity="relu")

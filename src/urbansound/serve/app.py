@@ -308,12 +308,28 @@ def create_app(
         ),
     )
     app.add_middleware(BodySizeLimit, max_bytes=max_upload_bytes + MULTIPART_SLACK_BYTES)
+    app.add_exception_handler(Exception, internal_error)
+    # Registration order is the order of the paths in /openapi.json.
+    _add_info_routes(app, predictor, model_name, page, max_upload_bytes, max_duration_s)
+    _add_classify_route(app, predictor, max_upload_bytes, max_duration_s)
+    return app
 
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, error: Exception) -> JSONResponse:
-        # A bug must not leak a traceback to the client; it is logged here in full instead.
-        logger.exception("unhandled error on %s %s", request.method, request.url.path)
-        return JSONResponse({"detail": "internal error"}, status_code=500)
+
+async def internal_error(request: Request, error: Exception) -> JSONResponse:
+    """The 500 response for an unhandled exception: the traceback goes to the log, never to the client."""
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return JSONResponse({"detail": "internal error"}, status_code=500)
+
+
+def _add_info_routes(
+    app: FastAPI,
+    predictor: Predictor,
+    model_name: str,
+    page: str,
+    max_upload_bytes: int,
+    max_duration_s: float,
+) -> None:
+    """Register ``GET /`` (the browser page), ``GET /health`` and ``GET /classes``."""
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> str:
@@ -334,6 +350,12 @@ def create_app(
     @app.get("/classes", summary="The model's class names, in output order")
     async def classes() -> dict[str, list[str]]:
         return {"classes": predictor.class_names}
+
+
+def _add_classify_route(
+    app: FastAPI, predictor: Predictor, max_upload_bytes: int, max_duration_s: float
+) -> None:
+    """Register ``POST /classify``, which checks the upload's size and hands it to :func:`classify_upload`."""
 
     @app.post(
         "/classify",
@@ -362,15 +384,18 @@ def create_app(
     ) -> dict[str, Any]:
         # The upload stays in Starlette's spooled temporary file (on disk past 1 MiB), never in bytes here.
         size = file.size if file.size is not None else await run_in_threadpool(upload_size, file.file)
-        if size == 0:
-            raise HTTPException(status_code=400, detail="empty upload")
-        if size > max_upload_bytes:
-            raise HTTPException(
-                status_code=413, detail=f"upload too large: the limit is {max_upload_bytes / 2**20:.1f} MiB"
-            )
+        check_upload_size(size, max_upload_bytes)
         filename = file.filename or "upload"
         return await run_in_threadpool(
             classify_upload, predictor, file.file, filename, max_duration_s, top_k, hop, visuals
         )
 
-    return app
+
+def check_upload_size(size: int, max_upload_bytes: int) -> None:
+    """Refuse an empty upload (400) or one over ``max_upload_bytes`` (413) with an :class:`HTTPException`."""
+    if size == 0:
+        raise HTTPException(status_code=400, detail="empty upload")
+    if size > max_upload_bytes:
+        raise HTTPException(
+            status_code=413, detail=f"upload too large: the limit is {max_upload_bytes / 2**20:.1f} MiB"
+        )

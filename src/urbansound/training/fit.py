@@ -29,6 +29,7 @@ from urbansound.training.hardware import TrainingModel, prepare_model
 from urbansound.training.loop import (
     FeatureDataset,
     ResidentFeatures,
+    StepSettings,
     epoch_batches,
     make_loader,
     train_one_epoch,
@@ -59,9 +60,9 @@ def make_optimizer(
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
     """The optimiser and its per-batch learning-rate schedule.
 
-    ``onecycle`` (the seed's): Adam with L2 ``weight_decay``, one-cycle peaking at ``max_lr`` with linear
-    annealing. ``cosine``: AdamW (decoupled weight decay, which regularises adaptive optimisers as intended),
-    a linear warm-up over the first 5% of steps, then cosine decay to ~0; no momentum cycling.
+    ``onecycle`` (the baseline recipe's): Adam with L2 ``weight_decay``, one-cycle peaking at ``max_lr`` with
+    linear annealing. ``cosine``: AdamW (decoupled weight decay, which regularises adaptive optimisers as
+    intended), a linear warm-up over the first 5% of steps, then cosine decay to ~0; no momentum cycling.
     """
     if config.scheduler == "cosine":
         optimizer: torch.optim.Optimizer = torch.optim.AdamW(
@@ -175,13 +176,11 @@ def fit(
     val_set: FeatureDataset,
     training: TrainingConfig,
     augment: AugmentConfig,
-    device: torch.device,
+    context: DistributedContext,
     checkpoint_path: Path,
     history_path: Path | None = None,
     resume: bool = False,
     progress: bool = True,
-    context: DistributedContext | None = None,
-    resident_data: bool | None = None,
 ) -> FitResult:
     """Train for ``training.epochs`` epochs, keeping the epoch ``training.select_epoch`` picks (by default
     the best validation accuracy). ``augment`` gives the batch augmentation: FilterAugment and SpecAugment
@@ -196,22 +195,20 @@ def fit(
     batch, each rank trains on its share through DDP, metrics are summed over ranks, and only rank 0 writes
     the checkpoint and history. Every rank resumes from the same checkpoint.
 
-    ``resident_data`` (default: ``training.data_on_device``, see :func:`wants_resident_data`) holds the
-    training features in device memory and draws batches by index there
+    ``training.data_on_device`` (see :func:`wants_resident_data`) may hold the training features in device
+    memory and draws batches by index there
     (:class:`~urbansound.training.loop.ResidentFeatures`) instead of through a DataLoader; the batches are
     the same, so results and resumes do not depend on the choice.
     """
-    context = context or DistributedContext(device=device)
+    device = context.device  # a single process: DistributedContext(device=...)
     run = _Fit(model, train_set, val_set, training, augment, context, checkpoint_path, progress)
     parts = run.parts
     state = _start_state(model, parts, training, checkpoint_path, resume)
     start_epoch = state.epoch + 1
     if resume and _should_stop(state.history, state.best_epoch, training):
         start_epoch = training.epochs + 1
-    if resident_data is None:
-        resident_data = wants_resident_data(training.data_on_device, train_set, device)
     resident = None
-    if resident_data and start_epoch <= training.epochs:
+    if wants_resident_data(training.data_on_device, train_set, device) and start_epoch <= training.epochs:
         resident = ResidentFeatures(train_set, device)
     stopped_early = False
     started = time.perf_counter()
@@ -304,14 +301,16 @@ class _Fit:
                 parts.optimizer,
                 parts.scheduler,
                 context.device,
-                parts.criterion,
+                StepSettings(
+                    criterion=parts.criterion,
+                    scaler=parts.scaler,
+                    loss_weights=sampler.loss_weights() if sampler is not None else None,
+                    mixup_alpha=self.augment.mixup_alpha,
+                    mixup_domain=self.augment.mixup_domain,
+                    after_step=(lambda: ema.update_parameters(model)) if ema is not None else None,
+                ),
                 progress=self.progress and context.is_main,
                 desc=f"epoch {epoch}/{training.epochs}",
-                scaler=parts.scaler,
-                loss_weights=sampler.loss_weights() if sampler is not None else None,
-                mixup_alpha=self.augment.mixup_alpha,
-                mixup_domain=self.augment.mixup_domain,
-                after_step=(lambda: ema.update_parameters(model)) if ema is not None else None,
             )
         stats = reduce_epoch_stats(stats, context)
         scored = ema.module if ema is not None else parts.runner  # what validation scores and the run keeps

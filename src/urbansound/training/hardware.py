@@ -14,13 +14,13 @@ import logging
 import torch
 from torch import nn
 
+from urbansound.config import PRECISIONS
 from urbansound.errors import ConfigError
 from urbansound.models.classifier import AudioClassifier
 from urbansound.training.distributed import DistributedContext, convert_batchnorm
 
 logger = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # Devices whose convolutions run faster with channels-last (NHWC) weights: cuDNN's tensor-core kernels, and
 # oneDNN's on x86 CPUs (one training step of the default model at batch 32 on 2 cores: 112 ms -> 77 ms, fp32).
 # MPS is left out: its channels-last convolutions have had correctness bugs across torch releases.

@@ -210,22 +210,9 @@ class EpochStats:
     data_wait_fraction: float  # share of the epoch spent waiting for the next batch
 
 
-def train_one_epoch(
-    model: AudioClassifier,
-    loader: DataLoader | Iterable[tuple[torch.Tensor, torch.Tensor]],
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
-    device: torch.device,
-    criterion: nn.Module | None = None,
-    progress: bool = False,
-    desc: str = "train",
-    scaler: torch.amp.GradScaler | None = None,
-    loss_weights: Sequence[float] | None = None,
-    mixup_alpha: float = 0.0,
-    mixup_domain: str = "db",
-    after_step: Callable[[], None] | None = None,
-) -> EpochStats:
-    """One pass over ``loader``; the scheduler steps every batch (one-cycle).
+@dataclass
+class StepSettings:
+    """How each training step computes and applies its loss (defaults: plain cross-entropy, no extras).
 
     ``scaler`` scales the loss for float16 autocast; ``loss_weights`` (one per batch) weight each batch's
     mean loss before backward, for distributed runs whose ranks hold unequal shares of a global batch.
@@ -233,7 +220,29 @@ def train_one_epoch(
     the reported accuracy is then against the dominant clip's label, so it reads lower than without mixup.
     ``after_step`` runs after every optimiser step (the weight average's update).
     """
-    criterion = criterion or nn.CrossEntropyLoss()
+
+    criterion: nn.Module | None = None
+    scaler: torch.amp.GradScaler | None = None
+    loss_weights: Sequence[float] | None = None
+    mixup_alpha: float = 0.0
+    mixup_domain: str = "db"
+    after_step: Callable[[], None] | None = None
+
+
+def train_one_epoch(
+    model: AudioClassifier,
+    loader: DataLoader | Iterable[tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+    device: torch.device,
+    settings: StepSettings | None = None,
+    progress: bool = False,
+    desc: str = "train",
+) -> EpochStats:
+    """One pass over ``loader``; the scheduler steps every batch (one-cycle). ``settings``: see
+    :class:`StepSettings`."""
+    settings = settings or StepSettings()
+    criterion = settings.criterion or nn.CrossEntropyLoss()
     model.train()
     # float64 sums where the device has them (MPS has no float64)
     sum_dtype = torch.float32 if device.type == "mps" else torch.float64
@@ -253,8 +262,10 @@ def train_one_epoch(
             break
         features, labels = features.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         wait += time.perf_counter() - fetch
-        if mixup_alpha > 0:
-            features, labels_a, labels_b, lam = mixup_batch(features, labels, mixup_alpha, mixup_domain)
+        if settings.mixup_alpha > 0:
+            features, labels_a, labels_b, lam = mixup_batch(
+                features, labels, settings.mixup_alpha, settings.mixup_domain
+            )
             logits = model.classify_features(features)
             loss = lam * criterion(logits, labels_a) + (1 - lam) * criterion(logits, labels_b)
             labels = labels_a if lam >= 0.5 else labels_b
@@ -262,18 +273,18 @@ def train_one_epoch(
             logits = model.classify_features(features)
             loss = criterion(logits, labels)
         optimizer.zero_grad(set_to_none=True)
-        weighted = loss if loss_weights is None else loss * loss_weights[step]
-        if scaler is None:
+        weighted = loss if settings.loss_weights is None else loss * settings.loss_weights[step]
+        if settings.scaler is None:
             weighted.backward()
             optimizer.step()
         else:
-            scaler.scale(weighted).backward()
-            scaler.step(optimizer)
-            scaler.update()
+            settings.scaler.scale(weighted).backward()
+            settings.scaler.step(optimizer)
+            settings.scaler.update()
         if scheduler is not None:
             scheduler.step()
-        if after_step is not None:
-            after_step()
+        if settings.after_step is not None:
+            settings.after_step()
         total_loss += loss.detach().to(sum_dtype) * labels.shape[0]
         correct += (logits.detach().argmax(1) == labels).sum()
         seen += labels.shape[0]

@@ -262,12 +262,11 @@ def train_members(
             val_set,
             training,
             config.augment,
-            context.device,
+            context,
             checkpoint,
             history_path=folder.history_path(member),
             resume=resume_member,
             progress=progress,
-            context=context,
         )
         # Model selection is over for this member: the kept epoch's weights.
         model.load_state_dict(result.best_state)
