@@ -1,8 +1,10 @@
 """Filterbank matrices that map an STFT power spectrum to bands: mel (Slaney) and gammatone (ERB-spaced).
 
 Written by hand because torchaudio (which has a mel filterbank) is not a dependency (it has no build for
-the supported torch) and librosa would be a heavy runtime dependency for two small matrices. Tests check
-the mel matrix against librosa and the gammatone centre frequencies against the ERB formula.
+the supported torch) and librosa would be a heavy runtime dependency (it brings numba and llvmlite) for
+two small matrices; since the augmentation variants moved to torch, librosa is only the tests' reference.
+No kept library provides the gammatone bank. Tests check the mel matrix against librosa and the gammatone
+centre frequencies against the ERB formula.
 """
 
 from __future__ import annotations
