@@ -36,7 +36,7 @@ AUGMENT = AugmentConfig(
 )
 
 
-def _host_or_zeros(tensor: torch.Tensor, dtype: type[np.floating]) -> np.ndarray:
+def _host_or_zeros(tensor: torch.Tensor, dtype: np.dtype) -> np.ndarray:
     """``to_host`` for the meta device: zeros of the tensor's shape (a meta tensor holds no data)."""
     if tensor.device.type == "meta":
         return np.zeros(tuple(tensor.shape), dtype=dtype)

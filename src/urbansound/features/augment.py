@@ -26,7 +26,7 @@ from torch import nn
 
 from urbansound.config import AugmentConfig
 from urbansound.devices import to_device
-from urbansound.features.stretch import pitch_shift, time_stretch
+from urbansound.features.stretch import fix_length, pitch_shift, time_stretch
 
 
 def variant_rng(key: str, variant: int, seed: int = 0) -> np.random.Generator:
@@ -62,13 +62,6 @@ def draw_variant(config: AugmentConfig, rng: np.random.Generator, n_samples: int
     return VariantDraw(rate, semitones, shift, gain, snr_db, noise)
 
 
-def _fix_length(waveforms: torch.Tensor, n_samples: int) -> torch.Tensor:
-    """Cut ``(rows, samples)`` to ``n_samples`` or right-pad with zeros (librosa's ``fix_length``)."""
-    if waveforms.shape[-1] >= n_samples:
-        return waveforms[..., :n_samples]
-    return nn.functional.pad(waveforms, (0, n_samples - waveforms.shape[-1]))
-
-
 def _stretch_rows(clips: torch.Tensor, rates: list[float | None], variants: int) -> torch.Tensor:
     """Row ``r`` of the ``(clips * variants, samples)`` result is clip ``r // variants`` time-stretched by
     ``rates[r]`` (unchanged for None) and cut or padded back to the clip length. Each distinct (clip, rate)
@@ -80,7 +73,7 @@ def _stretch_rows(clips: torch.Tensor, rates: list[float | None], variants: int)
     for rate in sorted({r for r in rates if r is not None}):
         rows = [i for i, r in enumerate(rates) if r == rate]
         sources = sorted({i // variants for i in rows})
-        stretched = _fix_length(time_stretch(clips[torch.tensor(sources, device=device)], rate), n)
+        stretched = fix_length(time_stretch(clips[torch.tensor(sources, device=device)], rate), n)
         where = {clip: k for k, clip in enumerate(sources)}
         picks = torch.tensor([where[i // variants] for i in rows], device=device)
         out[torch.tensor(rows, device=device)] = stretched[picks]

@@ -109,7 +109,7 @@ def file_key(path: Path) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def to_host(tensor: torch.Tensor, dtype: type[np.floating]) -> np.ndarray:
+def to_host(tensor: torch.Tensor, dtype: np.dtype) -> np.ndarray:
     """A device tensor as a host array of ``dtype``: the one place where computed features leave the device
     (tests stand a shape-only device in here)."""
     return tensor.detach().cpu().numpy().astype(dtype, copy=False)
@@ -380,7 +380,6 @@ class FeatureCache:
             prefetch_factor=4 if num_workers else None,
         )
         failed: dict[int, Problem] = {}
-        out_dtype = np.float16 if self.dtype == "float16" else np.float32
         bar = _Progress(len(paths), "features", progress)
         with torch.inference_mode():
             for batch in loader:
@@ -389,7 +388,7 @@ class FeatureCache:
                     logger.error("%s", message)
                 if batch.tensor is not None:
                     features = batch.tensor if on_cpu else frontend(batch.tensor.to(device))
-                    for i, feature in zip(batch.positions, to_host(features, out_dtype), strict=True):
+                    for i, feature in zip(batch.positions, to_host(features, self.np_dtype), strict=True):
                         _atomic_save_npy(self.entry_path(keys[i]), feature, f"the {_ENTRY}")
                 bar.update(len(batch.positions) + len(batch.errors))
         bar.close()
@@ -472,7 +471,6 @@ class FeatureCache:
             prefetch_factor=4 if num_workers else None,
         )
         frontend = self.frontend_on(device)
-        out_dtype = np.float16 if self.dtype == "float16" else np.float32
         logger.info(
             "computing %d augmented variant(s) of %d training clip(s) on %s",
             augment.variants,
@@ -492,7 +490,7 @@ class FeatureCache:
                 features = frontend(waves.flatten(0, 1)).unflatten(
                     0, waves.shape[:2]
                 )  # (clips, V, bands, frames)
-                for key, feature in zip(batch_keys, to_host(features, out_dtype), strict=True):
+                for key, feature in zip(batch_keys, to_host(features, self.np_dtype), strict=True):
                     _atomic_save_npy(self.variant_path(key, augment, seed), feature, f"the {_VARIANT_ENTRY}")
                 bar.update(len(batch.positions))
         logger.info(

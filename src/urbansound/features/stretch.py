@@ -165,10 +165,10 @@ def _istft(
     envelope = torch.where(envelope > torch.finfo(envelope.dtype).tiny, envelope, torch.ones_like(envelope))
     y = y / envelope
     start = n_fft // 2  # centred frames: drop the analysis padding
-    return _fix_length(y.narrow(-1, start, min(length, y.shape[-1] - start)), length)
+    return fix_length(y.narrow(-1, start, min(length, y.shape[-1] - start)), length)
 
 
-def _fix_length(waveforms: torch.Tensor, n_samples: int) -> torch.Tensor:
+def fix_length(waveforms: torch.Tensor, n_samples: int) -> torch.Tensor:
     """librosa's ``util.fix_length`` on the last axis: cut to ``n_samples`` or zero-pad on the right."""
     if waveforms.shape[-1] >= n_samples:
         return waveforms.narrow(-1, 0, n_samples)
@@ -396,4 +396,4 @@ def pitch_shift(
     rate = 2.0 ** (-float(n_steps) / 12.0)
     stretched = time_stretch(waveforms, rate, n_fft=n_fft, hop_length=hop_length)
     shifted = resample(stretched, float(sample_rate) / rate, float(sample_rate))
-    return _fix_length(shifted, waveforms.shape[-1])
+    return fix_length(shifted, waveforms.shape[-1])

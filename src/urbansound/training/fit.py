@@ -196,7 +196,7 @@ def fit(
     the checkpoint and history. Every rank resumes from the same checkpoint.
 
     ``training.data_on_device`` (see :func:`wants_resident_data`) may hold the training features in device
-    memory and draws batches by index there
+    memory and draw batches by index there
     (:class:`~urbansound.training.loop.ResidentFeatures`) instead of through a DataLoader; the batches are
     the same, so results and resumes do not depend on the choice.
     """
