@@ -16,10 +16,11 @@
     python benchmarks/inference.py [--model runs/.../model.safetensors] [--clips 30] [--files 200]
     python benchmarks/inference.py --only long [--long 60,3600,36000] [--baseline HEAD]
 
-Without ``--model``, a model with the default UrbanSound8K settings (44.1 kHz, 4 s windows, n_fft 1024,
-64 mel bands, the seed CNN) is trained for a few steps on synthetic sounds: speed does not depend on how
-well it is trained. Test files for 1-3 are 4 s, 48 kHz stereo 16-bit WAVs (resampling and down-mixing
-included).
+Without ``--model``, a model with ``--recipe``'s settings (default: the default recipe, 22,050 Hz, 4 s
+windows, n_fft 1024, hop 1024, 128 mel bands, a 4-seed ensemble of quarter-width ResNets; ``--recipe
+baseline``: 44.1 kHz, 64 bands, the baseline CNN) is trained for a few steps on synthetic sounds: speed
+does not depend on how well it is trained. Test files for 1-3 are 4 s, 48 kHz stereo 16-bit WAVs
+(resampling and down-mixing included).
 """
 
 from __future__ import annotations
@@ -32,13 +33,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import torch
 
-from urbansound.config import AudioConfig, FeatureConfig, ModelConfig
+from urbansound.config import DEFAULT_RECIPE, RunConfig, apply_recipe
 from urbansound.data.audio import load_audio
 from urbansound.data.synth import CLASS_NAMES, synthesize_background, synthesize_event
 from urbansound.export import export_model, parity_inputs, reference_outputs, run_onnx
@@ -48,11 +50,14 @@ from urbansound.modelfile import ModelSpec, build_classifier, save_model_file
 REPO = Path(__file__).resolve().parents[1]
 
 
-def quick_model(path: Path, steps: int = 30) -> Path:
-    """Default-settings classifier trained ``steps`` Adam steps on synthetic 4 s windows."""
+def quick_model(path: Path, recipe: str = DEFAULT_RECIPE, steps: int = 30) -> Path:
+    """A classifier with ``recipe``'s audio, features and model (an ensemble for the default recipe),
+    trained ``steps`` Adam steps on synthetic 4 s windows."""
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    spec = ModelSpec(AudioConfig(), FeatureConfig(), ModelConfig(n_classes=10), list(CLASS_NAMES))
+    config = apply_recipe(RunConfig(), recipe)
+    model_config = replace(config.model, n_classes=len(CLASS_NAMES))
+    spec = ModelSpec(config.audio, config.features, model_config, list(CLASS_NAMES))
     model = build_classifier(spec)
     sr, duration = spec.audio.sample_rate, spec.audio.duration
     waves = np.stack(
@@ -217,7 +222,8 @@ def describe(predictor: Predictor, model_path: Path, quick: bool) -> str:
     spec = predictor.spec
     return (
         f"model: {'quick synthetic model' if quick else model_path.name} "
-        f"({spec.audio.sample_rate} Hz, {spec.audio.duration} s windows, {spec.features.kind} "
+        f"({spec.model.name} x{spec.model.ensemble} {spec.model.kwargs or ''}; "
+        f"{spec.audio.sample_rate} Hz, {spec.audio.duration} s windows, {spec.features.kind} "
         f"n_fft {spec.features.n_fft} hop {spec.features.hop_length} bands {spec.features.n_mels}); "
         f"{os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), "
         f"load average {os.getloadavg()[0]:.1f}"
@@ -276,12 +282,40 @@ def speed(folder: Path, model_path: Path, predictor: Predictor, args: argparse.N
         print(f"   {name:13s} {len(windows) / (time.perf_counter() - start):7.1f} clips/s")
 
 
+def live_latency(predictor: Predictor, hop_s: float, hops: int) -> None:
+    """Section 5: ``urbansound listen`` / ``/stream``'s latency from the end of a hop (its last sample
+    arriving) to its result, feeding a synthetic street recording one hop at a time, after a warm-up."""
+    from urbansound.live import LiveClassifier
+
+    rng = np.random.default_rng(7)
+    sr = predictor.sample_rate
+    seconds = predictor.window_s + hop_s * (hops + 3)
+    audio = (synthesize_background(seconds, sr, rng) * 0.05).astype(np.float32)
+    live = LiveClassifier(predictor, hop=hop_s)
+    hop = predictor.hop_samples(hop_s)
+    latencies = []
+    for start in range(0, len(audio) - hop + 1, hop):
+        latencies += [r.latency_ms / 1000 for r in live.push(audio[start : start + hop])]
+    print(
+        f"\n5. live stream: latency from the end of a hop to its result ({hop_s:g} s hops, "
+        f"{torch.get_num_threads()} threads, {len(latencies) - 3} hops after 3 warm-up)"
+    )
+    print(f"   {'PyTorch':13s} {percentiles(latencies[3:])}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", type=Path, default=None, help="model file (default: train a quick one)")
-    parser.add_argument("--only", choices=("speed", "long"), default=None, help="sections 1-3 or 4 only")
+    parser.add_argument(
+        "--recipe", default=DEFAULT_RECIPE, help="the quick model's settings (default: the default recipe)"
+    )
+    parser.add_argument(
+        "--only", choices=("speed", "long", "live"), default=None, help="sections 1-3, 4 or 5 only"
+    )
+    parser.add_argument("--hop", type=float, default=0.5, help="seconds per hop in section 5")
+    parser.add_argument("--hops", type=int, default=40, help="hops timed in section 5")
     parser.add_argument("--clips", type=int, default=30, help="files for the latency measurement")
     parser.add_argument("--files", type=int, default=200, help="files for the throughput measurement")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -295,12 +329,14 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        model_path = args.model or quick_model(folder / "model.safetensors")
+        model_path = args.model or quick_model(folder / "model.safetensors", args.recipe)
         predictor = Predictor.from_file(model_path)
         print(describe(predictor, model_path, quick=args.model is None), flush=True)
-        if args.only != "long":
+        if args.only in (None, "speed"):
             speed(folder, model_path, predictor, args)
-        if args.only != "speed":
+        if args.only in (None, "live"):
+            live_latency(predictor, args.hop, args.hops)
+        if args.only in (None, "long"):
             durations = [float(x) for x in args.long.split(",")]
             long_recordings(folder, model_path, durations, args.long_rate, args.baseline)
 

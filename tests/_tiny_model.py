@@ -8,6 +8,7 @@ with a car horn, dog bark or siren mixed in at a random level. Small enough to b
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -34,10 +35,12 @@ def scene(
     return noise + sound * float(np.abs(noise).max()) * 10 ** (snr_db / 20)
 
 
-def training_windows(per_class: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def training_windows(
+    per_class: int, rng: np.random.Generator, class_names: Sequence[str] = tuple(CLASS_NAMES)
+) -> tuple[np.ndarray, np.ndarray]:
     """``(n, samples)`` waveforms and ``(n,)`` labels, ``per_class`` windows of each class."""
     waves, labels = [], []
-    for label, name in enumerate(CLASS_NAMES):
+    for label, name in enumerate(class_names):
         for _ in range(per_class):
             waves.append(scene(name, WINDOW_S, SAMPLE_RATE, rng, snr_db=rng.uniform(6.0, 20.0)))
             labels.append(label)
@@ -45,18 +48,19 @@ def training_windows(per_class: int, rng: np.random.Generator) -> tuple[np.ndarr
 
 
 @functools.cache
-def tiny_model(dest: Path, epochs: int = 10) -> Path:
-    """Train and save ``dest/model.safetensors`` (cached per ``dest``, so one training serves a session)."""
+def tiny_model(dest: Path, epochs: int = 10, class_names: tuple[str, ...] = tuple(CLASS_NAMES)) -> Path:
+    """Train and save ``dest/model.safetensors`` (cached per ``dest``, so one training serves a session);
+    ``class_names``: "background" and synthetic classes (steady ones, e.g. siren, drilling, for events)."""
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
     spec = ModelSpec(
         audio=AudioConfig(sample_rate=SAMPLE_RATE, duration=WINDOW_S),
         features=FeatureConfig(n_fft=512, hop_length=256, n_mels=32),
-        model=ModelConfig(name="cnn", n_classes=len(CLASS_NAMES)),
-        class_names=CLASS_NAMES,
+        model=ModelConfig(name="cnn", n_classes=len(class_names)),
+        class_names=list(class_names),
     )
     model = build_classifier(spec)
-    waves, labels = training_windows(24, rng)
+    waves, labels = training_windows(24, rng, class_names)
     with torch.no_grad():
         features = model.frontend(torch.from_numpy(waves))  # (n, bands, frames)
     model.normalizer.set_statistics(features.mean(dim=(0, 2)), features.std(dim=(0, 2)))

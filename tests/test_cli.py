@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -221,3 +223,227 @@ def test_bad_choices_and_config_files_are_usage_errors(dataset: Path, tmp_path: 
     assert "unknown precision 'fp8'; choose one of auto, fp32, bf16, fp16" in result.stderr
     result = run("train", "--config", str(tmp_path / "missing.json"))
     assert result.returncode == 2 and "missing.json" in result.stderr and "Traceback" not in result.stderr
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Everyday use (issue 13): help, version, resume of a finished run, the cache, predict's stderr, compare,
+# split defaults from the data, model prices. In process where a subprocess would only add torch's import.
+# ----------------------------------------------------------------------------------------------------------
+
+
+def _subcommand(name: str) -> argparse.ArgumentParser:
+    from urbansound.cli import build_parser
+
+    return build_parser()._subparsers._group_actions[0].choices[name]  # type: ignore[union-attr]
+
+
+def test_version_and_top_level_help_say_what_the_tool_is(capsys: pytest.CaptureFixture[str]) -> None:
+    import urbansound
+    from urbansound.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"urbansound {urbansound.__version__}"
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "classifiers of environmental sound" in text and "embed" in text and "cache" in text
+    assert "parses arguments" not in text  # about the tool, not about how cli.py is written
+
+
+def test_help_shows_each_default_and_the_other_recipes_value() -> None:
+    from urbansound.config import DEFAULT_RECIPE, RECIPES, RunConfig, apply_recipe
+
+    default = apply_recipe(RunConfig(), DEFAULT_RECIPE)
+    others = {name: apply_recipe(RunConfig(), name) for name in RECIPES if name != DEFAULT_RECIPE}
+    rates = "".join(
+        f"; {name} recipe: {other.audio.sample_rate}"
+        for name, other in others.items()
+        if other.audio.sample_rate != default.audio.sample_rate
+    )
+    assert rates  # the baseline recipe's 44.1 kHz at least
+    for command in ("train", "crossval", "models"):
+        text = " ".join(_subcommand(command).format_help().split())
+        assert f"(default: {default.audio.sample_rate}{rates})" in text
+        assert f"(default: {default.audio.duration})" in text  # the same in every recipe: said once
+    # Plain options show theirs too; every option with a value to show shows one.
+    for command in ("predict", "embed", "serve", "export", "synth", "demo", "cache"):
+        parser = _subcommand(command)
+        text = " ".join(parser.format_help().split())
+        for action in parser._actions:
+            if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+                assert f"(default: {action.default})" in text or "default" in (action.help or ""), action.dest
+
+
+def test_resume_of_a_finished_run_changes_nothing_unless_reevaluate(
+    tiny_dataset: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from test_training import tiny_config
+
+    from urbansound.cli import main
+    from urbansound.training.run import train
+
+    run_dir = train(
+        tiny_config(tiny_dataset, tmp_path / "runs", tmp_path / "cache", epochs=1), progress=False
+    )
+
+    def snapshot() -> dict[str, tuple[int, bytes]]:
+        return {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in run_dir.iterdir() if p.is_file()}
+
+    before = snapshot()
+    with caplog.at_level(logging.WARNING):
+        assert main(["-q", "train", "--resume", str(run_dir)]) == 0
+    assert "has finished" in caplog.text and "--reevaluate" in caplog.text
+    assert snapshot() == before  # not a byte, not a timestamp
+    assert main(["-q", "train", "--reevaluate", *data_args(tiny_dataset)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["-q", "train", "--resume", str(run_dir), "--reevaluate"]) == 0
+    after = snapshot()
+    assert after["metrics.json"][0] != before["metrics.json"][0]  # scored and written again
+    old, new = (json.loads(after_or_before["metrics.json"][1]) for after_or_before in (before, after))
+    assert new["test_accuracy"] == old["test_accuracy"]  # the same kept weights
+
+
+def test_cache_info_clear_and_first_build_announcement(
+    event_clips: list[Path],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from urbansound.cli import main
+    from urbansound.config import AudioConfig, FeatureConfig, default_cache_dir
+    from urbansound.features.cache import FeatureCache
+    from urbansound.features.cache_info import cache_root
+    from urbansound.io_utils import format_bytes
+
+    root = tmp_path / "cache"
+    cache = FeatureCache(
+        root, AudioConfig(sample_rate=8000, duration=0.5), FeatureConfig(n_fft=256, n_mels=16)
+    )
+    with caplog.at_level(logging.INFO):
+        cache.build(event_clips, progress=False, num_workers=0)
+    size = format_bytes(len(event_clips) * cache.n_bands * cache.n_frames * 4)
+    assert f"into {cache.directory}: about {size}" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        cache.build(event_clips, progress=False, num_workers=0)
+    assert "writing" not in caplog.text  # said only when something is written
+    stray = root / "notes.txt"
+    stray.write_text("not the cache's")
+
+    assert main(["cache", "info", "--cache-dir", str(root)]) == 0
+    info = capsys.readouterr().out
+    assert str(root) in info and cache.directory.name in info
+    assert f"{len(event_clips)} clip(s)" in info and "8000 Hz" in info and "16 bands" in info
+    assert main(["cache", "clear", "--cache-dir", str(root), "--settings", "0123"]) == 2
+    assert capsys.readouterr().err.count(cache.directory.name) == 1  # the error lists what is there, once
+    assert main(["cache", "clear", "--cache-dir", str(root)]) == 0
+    assert "removed 1 settings folder(s)" in capsys.readouterr().out
+    assert not cache.directory.exists() and stray.read_text() == "not the cache's"  # only what it wrote
+    assert main(["cache", "info", "--cache-dir", str(root)]) == 0
+    assert "empty" in capsys.readouterr().out
+    data = tmp_path / "data" / "audio"
+    assert cache_root(data_dir=str(data)) == default_cache_dir(data)  # where train puts it
+
+
+def test_predict_draws_no_bar_off_a_terminal_and_says_each_error_once(tmp_path: Path) -> None:
+    from _tiny_model import tiny_model
+
+    model = tiny_model(tmp_path / "model")
+    good, broken = tmp_path / "good.wav", tmp_path / "broken.wav"
+    import numpy as np
+    import soundfile as sf
+
+    sf.write(good, np.zeros(16_000, np.float32), 16_000)
+    broken.write_bytes(b"RIFF not audio at all")
+    for extra in ([], ["--output", str(tmp_path / "out.json"), "--format", "json"]):
+        # No -q: the bar would be drawn if it were not for stderr being a pipe.
+        result = subprocess.run(
+            [sys.executable, "-m", "urbansound", "predict", str(model), str(good), str(broken), *extra],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 1
+        assert "\r" not in result.stderr and "file/s" not in result.stderr and "predict:" not in result.stderr
+        assert (result.stdout + result.stderr).count("cannot decode") == 1, (result.stdout, result.stderr)
+        assert "1 of 2 file(s) could not be classified" in result.stderr
+
+
+def _fake_run(folder: Path, test_fold: int, accuracy: float) -> Path:
+    from urbansound.config import RunConfig, SplitConfig
+    from urbansound.training.run_folder import RunFolder
+
+    folder.mkdir(parents=True)
+    RunFolder(folder).write_config(RunConfig(split=SplitConfig(test_fold=test_fold, val_fold=1)))
+    metrics = {"test_accuracy": accuracy, "test_macro_f1": accuracy / 2, "val_accuracy": 0.5}
+    (folder / RunFolder.METRICS).write_text(json.dumps(metrics))
+    return folder
+
+
+def test_compare_warns_about_different_test_folds_and_shows_no_spread_of_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from urbansound.training.crossval import compare_runs
+
+    a, b = _fake_run(tmp_path / "a", 3, 0.6), _fake_run(tmp_path / "b", 2, 0.7)
+    with caplog.at_level(logging.WARNING):
+        text = compare_runs([a, b])
+    assert "different folds" in caplog.text and "**Warning:**" in text and "a: 3; b: 2" in text
+    assert "±" not in text  # one fold each: no spread to show, and no "± 0.0" pretending there is
+    assert "| **accuracy** | 60.0% | 70.0% |" in text
+    caplog.clear()
+    same = compare_runs([a, _fake_run(tmp_path / "c", 3, 0.5)])
+    assert "Warning" not in same and "different folds" not in caplog.text
+
+    from urbansound.training.crossval import render_summary
+
+    row = {"test_accuracy": 0.5, "test_macro_f1": 0.25, "val_accuracy": 0.5, "best_epoch": 1, "epochs_run": 1}
+    one_fold = render_summary({"folds": [{**row, "fold": 1, "n_test": 3}], "per_class_f1": {"a": 0.25}})
+    assert "**Accuracy 50.0%**, macro-F1 0.250" in one_fold and "±" not in one_fold
+
+
+def test_split_defaults_come_from_the_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from urbansound.cli import main
+    from urbansound.config import SplitConfig
+    from urbansound.data.splits import resolve_folds
+    from urbansound.data.synth import synthesize_dataset
+    from urbansound.errors import ConfigError
+
+    root = synthesize_dataset(
+        tmp_path, recordings_per_class=2, clips_per_recording=1, seed=0, n_folds=5, vary_formats=False
+    )
+    assert main(["-q", "train", *data_args(root), "--dry-run"]) == 0
+    out, err = capsys.readouterr()
+    assert "validation fold 4, test fold 5" in out and "error" not in err
+    assert resolve_folds(SplitConfig(test_fold=1), [1, 2, 3]).val_fold == 2  # nothing before the first
+    assert resolve_folds(SplitConfig(val_fraction=0.2), [1, 2, 3]).val_fold is None
+    assert resolve_folds(SplitConfig(test_fold=2, val_fold=3), [1, 2, 3]) == SplitConfig(
+        test_fold=2, val_fold=3
+    )
+    with pytest.raises(ConfigError, match="only fold"):
+        resolve_folds(SplitConfig(), [4])
+
+
+def test_models_prices_the_recipes_model_with_its_widths(capsys: pytest.CaptureFixture[str]) -> None:
+    from urbansound.cli import main
+    from urbansound.config import RunConfig, apply_recipe
+    from urbansound.models import create_model
+    from urbansound.models.complexity import count_parameters
+
+    default = apply_recipe(RunConfig(), "default")
+    model = create_model(
+        default.model.name, n_classes=10, n_bands=default.features.n_mels, **default.model.kwargs
+    )
+    parameters = count_parameters(model)
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    (row,) = [line for line in out.splitlines() if line.split() and line.split()[0] == default.model.name]
+    assert f"{parameters:,d}" in row and "*" in row
+    assert f"ensemble of {default.model.ensemble}: {default.model.ensemble * parameters:,d} parameters" in out
+    assert main(["models", "--recipe", "baseline"]) == 0
+    out = capsys.readouterr().out
+    baseline = apply_recipe(RunConfig(), "baseline")
+    assert f"{baseline.audio.sample_rate} Hz" in out and "(baseline recipe)" in out
+    (row,) = [line for line in out.splitlines() if line.split() and line.split()[0] == baseline.model.name]
+    assert row.rstrip().endswith("*")

@@ -12,19 +12,23 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from urbansound.config import RunConfig
+from urbansound.config import FeatureConfig, RunConfig, apply_recipe
 from urbansound.data.synth import CLASS_NAMES
 from urbansound.errors import ConfigError
 from urbansound.evaluation.metrics import classification_metrics
 from urbansound.evaluation.plots import (
     ClassExample,
+    class_examples_figure,
+    history_figure,
     plot_class_examples,
     plot_confusion_matrix,
     plot_history,
     row_normalise,
 )
 from urbansound.evaluation.report import RUN_FILES, write_report
+from urbansound.features.spectrogram import band_frequencies
 from urbansound.io_utils import atomic_write_bytes, atomic_write_json, atomic_write_text
+from urbansound.training.run_folder import RunFolder
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 URBANSOUND_CLASSES = list(CLASS_NAMES)
@@ -111,10 +115,58 @@ def test_row_normalise_rejects_non_square() -> None:
 
 
 def test_plot_history_writes_png(tmp_path: Path) -> None:
-    path = plot_history(_history(), tmp_path / "train_test_loss.png", test_accuracy=0.712)
-    assert path == tmp_path / "train_test_loss.png"
+    path = plot_history(_history(), tmp_path / RunFolder.HISTORY_PLOT, test_accuracy=0.712, kept_epoch=6)
+    assert path == tmp_path / RunFolder.HISTORY_PLOT
     _assert_png(path, min_width=800, min_height=400)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["train_test_loss.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [RunFolder.HISTORY_PLOT]
+
+
+def _kept_markers(figure: object) -> list[tuple[float, str]]:
+    """(x, label) of every vertical line labelled "kept..." on the figure's axes."""
+    return [
+        (line.get_xdata()[0], line.get_label())
+        for ax in figure.axes
+        for line in ax.get_lines()
+        if line.get_label().startswith("kept")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("kept_epoch", "kept_by", "reason"),
+    [(6, "last", "the last epoch"), (4, "val_accuracy", "best validation accuracy")],
+)
+def test_history_figure_marks_the_kept_epoch_not_the_best(kept_epoch: int, kept_by: str, reason: str) -> None:
+    # Validation accuracy peaks at epoch 4 (61 %); a run that keeps the last epoch must show epoch 6.
+    figure = history_figure(_history(), test_accuracy=0.6, kept_epoch=kept_epoch, kept_by=kept_by)
+    markers = _kept_markers(figure)
+    assert [x for x, _ in markers] == [kept_epoch, kept_epoch]  # on the loss and the accuracy panel
+    accuracy = _history()[kept_epoch - 1]["val_accuracy"]
+    assert markers[0][1] == f"kept: epoch {kept_epoch} ({reason}), validation {accuracy:.1%}"
+    assert "validation" in figure.get_suptitle() and "Training" in figure.get_suptitle()
+
+
+def test_class_examples_have_a_frequency_axis_in_hz_and_a_db_colour_bar() -> None:
+    sample_rate = 22_050
+    features = FeatureConfig(n_mels=64)
+    band_hz = band_frequencies(features, sample_rate)
+    example = ClassExample(
+        class_name="siren",
+        file_name="1-0-0-0.wav",
+        waveform=np.zeros(sample_rate, dtype=np.float32),
+        sample_rate=sample_rate,
+        spectrograms={"log-mel": np.linspace(-80, 0, 64 * 20).reshape(64, 20)},
+        hop_length=1024,
+        band_hz={"log-mel": band_hz},
+    )
+    figure = class_examples_figure([example])
+    spectrogram_ax, colour_bar = figure.axes[1], figure.axes[2]
+    assert spectrogram_ax.get_ylabel() == "frequency (Hz)"
+    labels = [t.get_text() for t in spectrogram_ax.get_yticklabels()]
+    assert "1k" in labels and "10k" in labels and "20k" not in labels  # Nyquist is 11,025 Hz
+    # 1 kHz sits where the mel bands reach 1 kHz (band centres are not evenly spaced in Hz).
+    position = spectrogram_ax.get_yticks()[labels.index("1k")]
+    assert band_hz[int(position - 0.5)] <= 1000 <= band_hz[int(position + 0.5)]
+    assert colour_bar.yaxis.get_major_formatter()(-40.0) == "-40 dB"
 
 
 def test_plot_confusion_matrix_writes_png(tmp_path: Path) -> None:
@@ -239,8 +291,9 @@ def test_report_ties_the_run_together(tmp_path: Path) -> None:
         assert f"| {name} |" in text
     linked = {name for name, _ in RUN_FILES}
     assert linked == {
-        "train_test_loss.png",
+        "train_val_loss_accuracy.png",
         "confusion_matrix.png",
+        "test_predictions.csv",
         "metrics.json",
         "history.csv",
         "config.json",
@@ -248,6 +301,28 @@ def test_report_ties_the_run_together(tmp_path: Path) -> None:
     for name in linked:
         assert f"[{name}]({name})" in text
     assert [p.name for p in tmp_path.iterdir()] == ["report.md"]
+
+
+def test_report_names_recipe_and_augmentation_and_the_split_once(tmp_path: Path) -> None:
+    test = classification_metrics([0, 1, 2], [0, 1, 1], URBANSOUND_CLASSES)
+    metrics = {
+        "test_accuracy": test["accuracy"],
+        "best_epoch": 3,
+        "split": {
+            "description": "test fold 10, validation fold 9",
+            "sizes": {"train": 9, "val": 3, "test": 3},
+        },
+        "test": test,
+    }
+    config = apply_recipe(RunConfig(), "default")
+    text = write_report(tmp_path, config.to_dict(), metrics, _history(3)).read_text()
+    assert "- **Recipe:** `default`" in text
+    variants = config.augment.variants
+    assert f"- **Augmentation:** {variants} precomputed variants per training clip" in text
+    assert text.count("test fold 10, validation fold 9") == 1
+
+    plain = write_report(tmp_path, RunConfig().to_dict(), metrics, _history(3)).read_text()
+    assert "- **Recipe:** none" in plain and "- **Augmentation:** none" in plain
 
 
 def test_report_survives_sparse_inputs(tmp_path: Path) -> None:

@@ -73,7 +73,7 @@ def test_long_recording_timeline_finds_planted_siren(predictor: Predictor, tmp_p
     assert [w.label for w in inside] == ["siren"] * len(inside)
     assert all(w.label != "siren" for w in far), [(w.start_s, w.label) for w in far if w.label == "siren"]
     # The clip level is the mean of the windows: mostly street, with the siren clearly second.
-    assert prediction.top_k(2)[1][0] == "siren" or prediction.label == "siren"
+    assert prediction.top_k(2)[1]["label"] == "siren" or prediction.label == "siren"
     np.testing.assert_allclose(
         prediction.probabilities, np.mean([w.probabilities for w in prediction.windows], axis=0), atol=1e-7
     )
@@ -174,7 +174,10 @@ def test_cli_text_output_searches_folders_and_exits_1_on_failures(
         assert str(audio_files[key]) in out
     assert "notes.txt" not in out  # folders yield audio files only
     assert f"{audio_files['siren_wav']}  (3.00 s, 5 windows)\n  siren" in out
-    assert "broken.wav: cannot decode audio" in err and "empty.wav: the file holds no audio samples" in err
+    # Each reason shows once: in the output, in place of the file's prediction, and not again on stderr.
+    assert "broken.wav  ERROR: cannot decode audio" in out
+    assert "empty.wav  ERROR: the file holds no audio" in out
+    assert "cannot decode audio" not in err and "holds no audio" not in err
     assert "2 of 5 file(s) could not be classified" in err
 
 

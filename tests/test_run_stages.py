@@ -108,7 +108,7 @@ def test_score_returns_typed_metrics_in_the_files_shape(
     assert list(metrics.to_dict()) == [
         "test_accuracy", "test_macro_f1", "val_accuracy", "val_macro_f1", "best_epoch", "epochs_run",
         "stopped_early", "split", "n_skipped", "ensemble", "per_class", "test", "val", "class_names",
-        "wall_seconds",
+        "wall_seconds", "calibration",
     ]  # fmt: skip
     assert RunMetrics.from_dict(json.loads(json.dumps(metrics.to_dict()))) == metrics
 

@@ -158,6 +158,8 @@ def test_cli_serve_passes_limits_and_reports_bad_model(
             "max_upload_bytes": 2 * 2**20,
             "max_duration_s": 45.0,
             "device": "cpu",
+            "reject": {},
+            "examples_dir": None,
         }
     ]
     monkeypatch.undo()
@@ -295,3 +297,103 @@ def test_streamed_pictures_equal_whole_waveform(model_path: Path) -> None:
         blocks = [waveform[i : i + block] for i in range(0, n, block)]
         assert np.array_equal(np.concatenate(list(visuals.tap(blocks))), waveform)
         assert_pictures_equal_whole(visuals.result(), predictor, waveform)
+
+
+# ---------------------------------------------------------------- raw bodies, schema, run name, examples
+
+
+@pytest.fixture(scope="module")
+def run_folder(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished run's folder as `train` leaves it (the parts serve reads): config.json beside the model."""
+    from urbansound.config import RunConfig
+    from urbansound.training.run_folder import RunFolder
+
+    folder = tmp_path_factory.mktemp("runs") / "20240101-120000-sirens"
+    folder.mkdir()
+    (folder / RunFolder.MODEL).write_bytes(model_path.read_bytes())
+    RunFolder(folder).write_config(RunConfig())
+    return folder
+
+
+@pytest.fixture(scope="module")
+def examples_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("examples")
+    rng = np.random.default_rng(11)
+    for name in ("siren", "dog_bark"):
+        sf.write(folder / f"{name}.wav", scene(name, 2.0, 16_000, rng), 16_000)
+    (folder / "README.txt").write_text("not audio: not offered")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def run_client(run_folder: Path, examples_dir: Path) -> TestClient:
+    return TestClient(create_app(run_folder, max_upload_bytes=MAX_UPLOAD, examples_dir=examples_dir))
+
+
+def test_raw_audio_body_equals_the_multipart_upload(client: TestClient) -> None:
+    rng = np.random.default_rng(12)
+    data = encode(scene("car_horn", 2.0, 22_050, rng), 22_050)
+    raw = client.post("/classify?top_k=2", content=data, headers={"Content-Type": "audio/wav"})
+    assert raw.status_code == 200, raw.text
+    form = upload(client, data, "horn.wav", "?top_k=2").json()
+    assert raw.json()["filename"] == "upload" and form["filename"] == "horn.wav"
+    assert raw.json()["clip"] == form["clip"] and raw.json()["timeline"] == form["timeline"]
+    for content, headers, status, detail in (
+        (b"", {"Content-Type": "audio/wav"}, 400, "empty upload"),
+        (b"hello" * 100, {"Content-Type": "audio/ogg"}, 415, "cannot decode"),
+        (data, {"Content-Type": "application/octet-stream"}, 422, "Content-Type audio/*"),
+        (b"\x00" * (MAX_UPLOAD + 1000), {"Content-Type": "audio/wav"}, 413, "too large"),
+    ):
+        response = client.post("/classify", content=content, headers=headers)
+        assert response.status_code == status, (headers, response.text)
+        assert detail in response.json()["detail"]
+
+
+def test_openapi_documents_the_responses(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    classify = schema["paths"]["/classify"]["post"]
+    assert {"multipart/form-data", "audio/*"} <= set(classify["requestBody"]["content"])
+    ok = classify["responses"]["200"]["content"]["application/json"]["schema"]
+    assert ok == {"$ref": "#/components/schemas/ClassifyResponse"}
+    models = schema["components"]["schemas"]
+    documented = set(models["ClassifyResponse"]["properties"])
+    assert {"clip", "timeline", "duration_s", "hop_s", "spectrogram"} <= documented
+    assert "band_hz" in models["Spectrogram"]["properties"]
+    assert set(models["ClipResult"]["required"]) >= {"label", "probability", "top_k", "probabilities"}
+    health = schema["paths"]["/health"]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+    assert health == {"$ref": "#/components/schemas/Health"} and "run" in models["Health"]["properties"]
+    # The documented schema describes what is sent: a real response validates against it.
+    from urbansound.serve.schemas import ClassifyResponse
+
+    siren = encode(scene("siren", 1.5, 16_000, np.random.default_rng(1)), 16_000)
+    body = upload(client, siren, "s.wav", "?visuals=true").json()
+    parsed = ClassifyResponse.model_validate(body)
+    assert parsed.spectrogram is not None and len(parsed.spectrogram.band_hz) == parsed.spectrogram.n_bands
+    assert parsed.spectrogram.band_hz == sorted(parsed.spectrogram.band_hz)
+    assert parsed.spectrogram.band_hz[-1] <= 8000  # the tiny model's Nyquist (16 kHz)
+
+
+def test_a_run_folder_is_served_under_its_run_name(run_client: TestClient, client: TestClient) -> None:
+    health = run_client.get("/health").json()
+    assert health["run"] == "20240101-120000-sirens" and health["model"] == "model.safetensors"
+    assert client.get("/health").json()["run"] is None  # a model file outside any run folder
+
+
+def test_examples_are_listed_and_served_and_nothing_else(run_client: TestClient, examples_dir: Path) -> None:
+    listed = run_client.get("/examples").json()["examples"]
+    assert [e["name"] for e in listed] == ["dog_bark.wav", "siren.wav"]  # audio only, by name
+    response = run_client.get(listed[1]["url"])
+    assert response.status_code == 200 and response.content == (examples_dir / "siren.wav").read_bytes()
+    assert listed[1]["bytes"] == len(response.content)
+    for name in ("README.txt", "..%2Fexamples%2Fsiren.wav", "missing.wav"):
+        assert run_client.get(f"/examples/{name}").status_code == 404, name
+
+
+def test_examples_folder_errors_name_the_folder(model_path: Path, tmp_path: Path) -> None:
+    from urbansound.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=f"{tmp_path / 'nope'}: not a folder"):
+        create_app(model_path, examples_dir=tmp_path / "nope")
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(ConfigError, match="no audio files"):
+        create_app(model_path, examples_dir=tmp_path)

@@ -1,4 +1,6 @@
-"""The web page in headless Chromium: pick a file, see waveform, spectrogram and probability bars drawn.
+"""The web page in headless Chromium: pick a file (or an example clip), see the run named, waveform and
+spectrogram with time and frequency axes, the per-window strip under them, probability bars, and a player; a
+failed upload leaves nothing of the previous result.
 
 Needs Debian's ``chromium`` (``apt-get install chromium``) and the ``playwright`` package; never downloads a
 browser. Skipped with the reason when either is missing (CI installs both, see ``.ci/run``).
@@ -37,12 +39,27 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 BAR_RGB = np.array([31, 119, 180])  # the page's bar colour, #1f77b4
+# The page's plot margins, in CSS pixels (screenshots here are at one pixel per CSS pixel).
+PLOT_LEFT, PLOT_RIGHT = 58, 14
+RUN_NAME = "20240101-120000-sirens"
 
 
 @pytest.fixture(scope="module")
 def server_url(tmp_path_factory: pytest.TempPathFactory) -> object:
+    """The service on a run folder (config.json beside the model file) with two example clips."""
+    from urbansound.config import RunConfig
+    from urbansound.training.run_folder import RunFolder
+
     model = tiny_model(tmp_path_factory.getbasetemp() / "tiny_model")
-    with running_server(create_app(model)) as url:
+    run = tmp_path_factory.mktemp("runs") / RUN_NAME
+    run.mkdir()
+    (run / RunFolder.MODEL).write_bytes(model.read_bytes())
+    RunFolder(run).write_config(RunConfig())
+    examples = tmp_path_factory.mktemp("examples")
+    rng = np.random.default_rng(21)
+    for name in ("dog_bark", "siren"):
+        sf.write(examples / f"{name}.wav", scene(name, 2.0, 16_000, rng), 16_000)
+    with running_server(create_app(run, examples_dir=examples)) as url:
         yield url
 
 
@@ -65,8 +82,23 @@ def open_page(browser: object, url: str) -> tuple[object, list[str]]:
     page.on("pageerror", lambda error: errors.append(str(error)))
     page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
     page.goto(f"{url}/")
-    page.wait_for_function("document.getElementById('model').textContent.startsWith('Model ')")
+    page.wait_for_function("document.getElementById('model').dataset.loaded === 'true'")
     return page, errors
+
+
+def classify_file(page: object, path: Path) -> str:
+    """Pick ``path`` in the page's file input; the page's state when it is done ("done" or "error")."""
+    page.set_input_files("#file", str(path))
+    page.wait_for_function("['done', 'error'].includes(document.body.dataset.state)", timeout=60_000)
+    return page.evaluate("document.body.dataset.state")
+
+
+def image_columns(png: bytes, top: int, bottom: int) -> np.ndarray:
+    """Columns of a canvas screenshot that are coloured (neither white nor its #ddd border) over most of rows
+    ``top:bottom``."""
+    rows = pixels(png)[top:bottom]
+    coloured = (np.abs(rows - 255).sum(axis=2) > 30) & (np.abs(rows - 221).sum(axis=2) > 30)
+    return np.flatnonzero(coloured.mean(axis=0) > 0.9)
 
 
 def test_upload_draws_waveform_spectrogram_and_bars(browser: object, server_url: str, tmp_path: Path) -> None:
@@ -112,3 +144,83 @@ def test_undecodable_file_shows_the_reason(browser: object, server_url: str, tmp
     assert page.locator("#results").is_hidden()
     # The browser logs the failed (415) fetch as a console error; nothing else may fail.
     assert all("415" in error for error in errors), errors
+
+
+def test_page_names_the_run_and_plays_the_upload(browser: object, server_url: str, tmp_path: Path) -> None:
+    path = tmp_path / "siren.wav"
+    sf.write(path, scene("siren", 3.0, 22_050, np.random.default_rng(8)), 22_050)
+    page, errors = open_page(browser, server_url)
+    assert page.inner_text("#model").startswith(f"Run {RUN_NAME} (model.safetensors): 4 classes")
+    assert classify_file(page, path) == "done"
+    page.wait_for_function("document.getElementById('player').duration > 0")
+    assert page.evaluate("document.getElementById('player').src").startswith("blob:")
+    assert page.evaluate("document.getElementById('player').duration") == pytest.approx(3.0, abs=0.01)
+    assert errors == []
+
+
+def test_axes_and_the_window_strip_line_up(browser: object, server_url: str, tmp_path: Path) -> None:
+    path = tmp_path / "bark.wav"
+    sf.write(path, scene("dog_bark", 3.0, 16_000, np.random.default_rng(9)), 16_000)
+    page, errors = open_page(browser, server_url)
+    assert classify_file(page, path) == "done"
+    ticks = {
+        name: page.evaluate(f"document.getElementById('{name}').dataset.timeTicks")
+        for name in ("waveform", "spectrogram")
+    }
+    assert ticks["waveform"] == ticks["spectrogram"]  # one time axis for both
+    seconds = [float(t) for t in ticks["waveform"].split(",")]
+    assert seconds[0] == 0 and seconds == sorted(seconds) and 2.5 <= seconds[-1] <= 3.0 and len(seconds) >= 4
+    frequencies = page.evaluate("document.getElementById('spectrogram').dataset.frequencyTicks").split(",")
+    assert "1 kHz" in frequencies and "5 kHz" in frequencies and "10 kHz" not in frequencies  # 8 kHz Nyquist
+    waveform = pixels(page.locator("#waveform").screenshot())
+    assert (waveform[:, 2:PLOT_LEFT].sum(axis=2) < 500).sum() > 60  # tick labels in the left margin
+
+    # Five windows (1 s, hop 0.5 s): a strip of five classes, as wide as the spectrogram's image above it.
+    assert page.locator("#window-block").is_visible()
+    labels = page.evaluate("document.getElementById('windows').dataset.labels").split(",")
+    table = [row.split("\t")[2] for row in page.locator("#timeline tbody tr").all_inner_texts()]
+    assert labels == table and len(labels) == 5
+    spectrogram_png = page.locator("#spectrogram").screenshot()
+    height = pixels(spectrogram_png).shape[0]
+    image = image_columns(spectrogram_png, 10, height - 22)
+    strip_png = page.locator("#windows").screenshot()
+    strip = image_columns(strip_png, 2, pixels(strip_png).shape[0] - 2)
+    width = pixels(strip_png).shape[1]
+    assert abs(image[0] - PLOT_LEFT) <= 2 and abs(image[-1] - (width - PLOT_RIGHT)) <= 3
+    assert abs(strip[0] - image[0]) <= 2 and abs(strip[-1] - image[-1]) <= 3
+    assert page.locator("#window-legend span").count() == len(set(labels))
+    assert errors == []
+
+
+def test_failed_upload_clears_the_previous_result(browser: object, server_url: str, tmp_path: Path) -> None:
+    good, bad, short = tmp_path / "siren.wav", tmp_path / "broken.wav", tmp_path / "short.wav"
+    rng = np.random.default_rng(10)
+    sf.write(good, scene("siren", 3.0, 16_000, rng), 16_000)
+    bad.write_bytes(b"RIFF" + bytes(200))
+    sf.write(short, scene("siren", 0.8, 16_000, rng), 16_000)
+    page, errors = open_page(browser, server_url)
+    assert classify_file(page, good) == "done"
+    assert page.locator("#timeline tbody tr").count() == 5 and page.locator("#results").is_visible()
+    assert classify_file(page, bad) == "error"
+    assert page.locator("#results").is_hidden() and page.locator("#timeline tbody tr").count() == 0
+    assert page.evaluate("document.getElementById('player').getAttribute('src')") is None
+    assert page.evaluate("document.getElementById('windows').dataset.labels") is None
+    assert "broken.wav" in page.inner_text("#status")
+    page.screenshot(path=str(tmp_path / "page.png"), full_page=True)  # kept in the test's folder to look at
+    # One window: no strip (the timeline says it all).
+    assert classify_file(page, short) == "done"
+    assert page.locator("#timeline tbody tr").count() == 1 and page.locator("#window-block").is_hidden()
+    assert all("415" in error for error in errors), errors
+
+
+def test_an_example_clip_is_classified_with_one_click(browser: object, server_url: str) -> None:
+    page, errors = open_page(browser, server_url)
+    page.wait_for_function("!document.getElementById('examples').hidden")
+    buttons = page.locator("#example-buttons button")
+    assert buttons.all_inner_texts() == ["dog_bark.wav", "siren.wav"]
+    buttons.nth(1).click()
+    page.wait_for_function("['done', 'error'].includes(document.body.dataset.state)", timeout=60_000)
+    assert page.evaluate("document.body.dataset.state") == "done"
+    assert page.inner_text("#status").startswith("siren.wav: siren")
+    assert page.evaluate("document.getElementById('player').src").startswith("blob:")
+    assert errors == []

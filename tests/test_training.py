@@ -19,6 +19,7 @@ from urbansound.config import AudioConfig, FeatureConfig, RunConfig, SplitConfig
 from urbansound.errors import ConfigError, DataError
 from urbansound.training import fit as fit_module
 from urbansound.training.run import train
+from urbansound.training.run_folder import RunFolder
 
 
 def tiny_config(root: Path, runs: Path, cache: Path, epochs: int = 3, **training: object) -> RunConfig:
@@ -47,7 +48,8 @@ def test_run_folder_has_every_artefact(tiny_dataset: Path, tmp_path: Path) -> No
         "history.csv",
         "metrics.json",
         "model.safetensors",
-        "train_test_loss.png",
+        RunFolder.HISTORY_PLOT,
+        RunFolder.TEST_PREDICTIONS,
         "confusion_matrix.png",
         "report.md",
         "split.csv",

@@ -8,18 +8,22 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from urbansound.config import (
     DEFAULT_RECIPE,
     RECIPE_ALIASES,
     RECIPES,
     AudioConfig,
+    EventConfig,
     FeatureConfig,
+    RejectConfig,
     RunConfig,
     TrainingConfig,
     apply_recipe,
     normalise_feature_kind,
     scaled_peak_lr,
+    use_backbone_front_end,
 )
 from urbansound.errors import ConfigError, UrbanSoundError
 from urbansound.settings import (
@@ -27,9 +31,20 @@ from urbansound.settings import (
     apply_setting_arguments,
     dump_config,
     load_config_file,
+    setting_fields,
 )
 
-CLASS_EXAMPLES = "class_examples.png"  # the demo's waveform / spectrogram plot of one clip per class
+# What the top-level --help says after the package's one-line description.
+TOOL_SUMMARY = (
+    "It trains and cross-validates models on a dataset's folds (UrbanSound8K, ESC-50 or a folder per class), "
+    "compares runs, classifies or embeds recordings of any length, and exports or serves trained models."
+)
+CLASS_EXAMPLES = "class_examples.png"
+# The MODEL argument of predict, embed, export and serve (resolved by training.run_folder.resolve_model_file).
+MODEL_HELP = (
+    "model file, or a run folder (its model.safetensors), or a cross-validation folder (the fold with the "
+    "highest validation accuracy)"
+)  # the demo's waveform / spectrogram plot of one clip per class
 
 logger = logging.getLogger("urbansound")
 
@@ -41,6 +56,7 @@ SECTION_TITLES = {
     "training": "model and training (unset flags come from --recipe or --config)",
     "split": "split",
     "augment": "augmentation (training only; unset flags come from --recipe or --config)",
+    "reject": "silence, too-short input and unknown sounds (stored in the model file)",
 }
 
 
@@ -96,10 +112,18 @@ def add_settings(
     include: Callable[[str], bool] | None = None,
     required: Sequence[str] = (),
 ) -> dict[str, argparse._ArgumentGroup]:
-    """The setting flags declared in ``urbansound.config``, with the default recipe's values in --help."""
+    """The setting flags declared in ``urbansound.config``; --help shows the default recipe's value of each
+    and, where another recipe sets it otherwise, that recipe's too."""
     defaults = apply_recipe(RunConfig(), DEFAULT_RECIPE)
+    others = {f"{name} recipe": apply_recipe(RunConfig(), name) for name in RECIPES if name != DEFAULT_RECIPE}
     return add_setting_arguments(
-        parser, RunConfig, defaults, include=include, required=required, titles=SECTION_TITLES
+        parser,
+        RunConfig,
+        defaults,
+        include=include,
+        required=required,
+        titles=SECTION_TITLES,
+        alternatives=others,
     )
 
 
@@ -122,6 +146,8 @@ def resolve_config(args: argparse.Namespace) -> RunConfig:
     if "training.max_lr" not in given:  # an explicit rate is never scaled
         config.training.max_lr = scaled_peak_lr(base_lr, base_batch, config.training.batch_size)
     config.features.kind = normalise_feature_kind(config.features.kind)  # a file may use an alias
+    # A pretrained backbone takes its own sample rate and front end (and a Hugging Face checkpoint's options).
+    use_backbone_front_end(config, sorted(given))
     return config
 
 
@@ -162,7 +188,12 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         metavar="RUN_FOLDER",
-        help="continue an interrupted run from its last completed epoch",
+        help="continue an interrupted run from its last completed epoch (a finished run is left as it is)",
+    )
+    group.add_argument(
+        "--reevaluate",
+        action="store_true",
+        help="with --resume on a finished run: score its kept weights again and rewrite its results",
     )
     group.add_argument(
         "--dry-run", action="store_true", help="validate data and print split sizes, decode nothing"
@@ -173,8 +204,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from urbansound.training.distributed import is_main_process
     from urbansound.training.run import dry_run, resume, train
 
+    if args.reevaluate and args.resume is None:
+        raise ConfigError("--reevaluate applies to a finished run: give it with --resume RUN_FOLDER")
     if args.resume is not None:
-        run_dir = resume(Path(args.resume), progress=not args.quiet)
+        run_dir = resume(Path(args.resume), progress=not args.quiet, reevaluate=args.reevaluate)
     else:
         config = run_config_from_args(args, require_data=args.print_config is None)
         if args.print_config is not None:
@@ -219,9 +252,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dest", help="folder to write UrbanSound8K/ into")
-    parser.add_argument("--recordings-per-class", type=int, default=10)
-    parser.add_argument("--clips-per-recording", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--recordings-per-class", type=int, default=10, help="recordings (fsIDs) per class")
+    parser.add_argument("--clips-per-recording", type=int, default=3, help="slices cut from each recording")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the synthesis")
     parser.add_argument("--uniform", action="store_true", help="22.05 kHz mono 16-bit 4 s clips only")
 
 
@@ -281,31 +314,67 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo_data", help="where the synthetic dataset is written")
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--runs-dir", default="runs")
+    parser.add_argument("--epochs", type=int, default=20, help="passes over the training set")
+    parser.add_argument("--runs-dir", default="runs", help="folder that holds the run folders")
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from urbansound.models import create_model, list_models
-    from urbansound.models.complexity import count_macs, count_parameters
+    from urbansound.models.complexity import render_model_costs
 
-    audio, features = feature_configs(args)
-    frames = 1 + audio.n_samples // features.hop_length
-    print(f"per {audio.duration:g} s clip: {features.n_mels} bands x {frames} frames")
-    print(f"{'model':12s} {'parameters':>12s} {'MACs':>10s}")
-    for name in list_models():
-        model = create_model(name, n_classes=10, n_bands=features.n_mels)
-        macs = count_macs(model, (1, 1, features.n_mels, frames))
-        print(f"{name:12s} {count_parameters(model):>12,d} {macs / 1e6:>9,.0f}M")
+    config = resolve_config(args)
+    config.audio.validate()
+    config.features.validate(config.audio.sample_rate)
+    print(render_model_costs(config.audio, config.features, config.model, config.recipe))
     return 0
 
 
+def add_reject_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``RejectConfig`` (silence floor, shortest input, confidence floor); unset ones keep the
+    model file's values."""
+    title = "silence, too-short input and unknown sounds (unset: the model file's values)"
+    add_setting_arguments(parser, RejectConfig, RejectConfig(), titles={"": title})
+
+
+def reject_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``RejectConfig`` fields given on the command line (they replace the model file's)."""
+    return {path: getattr(args, path) for path, _, _ in setting_fields(RejectConfig) if hasattr(args, path)}
+
+
+def apply_reject_arguments(reject: RejectConfig, args: argparse.Namespace) -> None:
+    """Write the ``RejectConfig`` flags given into ``reject`` (a predictor's copy of the model file's)."""
+    apply_setting_arguments(reject, args)
+    reject.validate()
+
+
+def add_event_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--events`` and the flags of ``EventConfig``."""
+    group = add_setting_arguments(parser, EventConfig, EventConfig(), titles={"": "sound events"})
+    group["sound events"].add_argument(
+        "--events",
+        action="store_true",
+        help="also list sound events (class, onset, offset, peak probability; a smaller --hop places "
+        "them more finely); --format tsv writes them alone in DCASE's tab-separated format",
+    )
+
+
+def event_config(args: argparse.Namespace) -> EventConfig | None:
+    """The event settings when events were asked for (``--events`` or ``--format tsv``), else None."""
+    if not (args.events or args.format == "tsv"):
+        return None
+    config = EventConfig()
+    apply_setting_arguments(config, args)
+    config.validate()
+    return config
+
+
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="model file (model.safetensors of a run folder)")
+    parser.add_argument("model", help=MODEL_HELP)
     parser.add_argument(
         "inputs", nargs="+", metavar="FILE_OR_FOLDER", help="audio files; folders recursively"
     )
-    parser.add_argument("--format", choices=("text", "json", "csv"), default="text", help="output format")
+    parser.add_argument(
+        "--format", choices=("text", "json", "csv", "tsv"), default="text", help="output format"
+    )
     parser.add_argument("--top-k", type=int, default=3, help="classes listed per file and window")
     parser.add_argument(
         "--hop", type=float, default=None, help="seconds between window starts (default: half a window)"
@@ -315,6 +384,8 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
     parser.add_argument("--workers", type=int, default=2, help="decoding worker processes")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or mps")
+    add_reject_arguments(parser)
+    add_event_arguments(parser)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -324,23 +395,144 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise ConfigError(f"--top-k must be at least 1, got {args.top_k}")
     predictor = Predictor.from_file(args.model, device=args.device)
+    apply_reject_arguments(predictor.reject, args)
+    events = event_config(args)
     paths = collect_inputs(args.inputs)
     if not paths:
         raise ConfigError(f"no audio files found in {', '.join(args.inputs)}")
     results = predictor.predict_files(
         paths, batch_size=args.batch_size, num_workers=args.workers, progress=not args.quiet, hop=args.hop
     )
-    failed = write_predictions(results, args.format, args.top_k, args.output, timeline=args.timeline)
-    for result in failed:
-        print(f"urbansound: failed: {result.error}", file=sys.stderr)
+    failed = write_predictions(
+        results, args.format, args.top_k, args.output, timeline=args.timeline, events=events
+    )
+    # Text, CSV and JSON give a failed file's reason in place of its prediction; stderr repeats the reasons
+    # only when that output is not on the screen (a file) or has no place for them (tsv), so each shows once.
+    if args.output is not None or args.format == "tsv":
+        for result in failed:
+            print(f"urbansound: failed: {result.error}", file=sys.stderr)
     if failed:
         print(f"urbansound: {len(failed)} of {len(paths)} file(s) could not be classified", file=sys.stderr)
     return 1 if failed else 0
 
 
-def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+def add_embed_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help=MODEL_HELP)
+    parser.add_argument(
+        "inputs", nargs="+", metavar="FILE_OR_FOLDER", help="audio files; folders recursively"
+    )
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="FILE",
+        help="X.npy: one row per file, in the order the files are listed (folders: sorted); X.csv: a file "
+        "column, then one column per dimension (written atomically)",
+    )
+    parser.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or mps")
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from urbansound.api import Classifier
+    from urbansound.embedding_output import check_embedding_path, write_embeddings
+    from urbansound.prediction_output import collect_inputs
+
+    out = check_embedding_path(args.out)
+    paths = collect_inputs(args.inputs)
+    if not paths:
+        raise ConfigError(f"no audio files found in {', '.join(args.inputs)}")
+    classifier = Classifier.from_file(args.model, device=args.device)
+    embeddings = classifier.embed(paths, batch_size=args.batch_size)  # (files, dim)
+    write_embeddings(out, paths, embeddings)
+    print(f"embeddings: {out} ({embeddings.shape[0]} file(s) x {embeddings.shape[1]} dimensions)")
+    return 0
+
+
+def add_cache_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "action",
+        choices=("info", "clear"),
+        help="info: where the feature cache is and its size per settings; clear: remove what it holds",
+    )
+    add_settings(parser, include=lambda path: path in ("data_dir", "cache_dir"))
+    parser.add_argument(
+        "--settings",
+        default=None,
+        metavar="FOLDER",
+        help="clear only this settings folder (as `cache info` names it)",
+    )
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from urbansound.features.cache_info import cache_root, cache_usage, clear_cache, render_cache_info
+    from urbansound.io_utils import format_bytes
+
+    root = cache_root(getattr(args, "data_dir", None), getattr(args, "cache_dir", None))
+    if args.action == "info":
+        print(render_cache_info(root, cache_usage(root)), end="")
+        return 0
+    removed, freed = clear_cache(root, args.settings)
+    print(f"feature cache {root}: removed {removed} settings folder(s), {format_bytes(freed)} freed")
+    return 0
+
+
+def add_listen_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="model file (model.safetensors of a run folder)")
-    parser.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    parser.add_argument(
+        "--input",
+        default=None,
+        metavar="FILE_OR_FIFO",
+        help="classify this audio file or FIFO (e.g. WAV written by another program) instead of the "
+        "default microphone",
+    )
+    parser.add_argument(
+        "--hop", type=float, default=None, help="seconds between results (default: half a window)"
+    )
+    parser.add_argument(
+        "--realtime", action="store_true", help="--input file: pace it at its own speed, as a live source"
+    )
+    parser.add_argument("--format", choices=("text", "json"), default="text", help="one line per hop")
+    parser.add_argument("--top-k", type=int, default=3, help="classes in each json line")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or mps")
+    # One window per hop is too little work to share: on 2 busy cores, 2 threads gave a median hop latency
+    # of 173 ms against 25 ms for 1 (benchmarks/RESULTS.md).
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads for the model (default: 1)")
+    add_reject_arguments(parser)
+
+
+def cmd_listen(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from urbansound.inference import Predictor
+    from urbansound.live import LiveClassifier, file_chunks, microphone_chunks
+
+    if args.threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
+    predictor = Predictor.from_file(args.model, device=args.device)
+    apply_reject_arguments(predictor.reject, args)
+    live = LiveClassifier(predictor, hop=args.hop, top_k=args.top_k)
+    if args.input is not None:
+        chunks = file_chunks(args.input, predictor.sample_rate, realtime=args.realtime)
+    else:
+        chunks = microphone_chunks(predictor.sample_rate)
+    logger.info(
+        "listening to %s: %g s windows every %g s (first result after one window)",
+        args.input or "the default microphone",
+        predictor.window_s,
+        live.hop_s,
+    )
+    for chunk in chunks:
+        for result in live.push(chunk):
+            print(json.dumps(result.to_dict()) if args.format == "json" else result.text(), flush=True)
+    return 0
+
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help=MODEL_HELP)
+    parser.add_argument("--format", choices=("onnx", "torchscript"), default="onnx", help="what to export to")
     parser.add_argument(
         "--output", "-o", default=None, help="default: beside the model, model.audio.onnx / .torchscript.pt"
     )
@@ -362,12 +554,19 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="model file (model.safetensors of a run folder)")
+    parser.add_argument("model", help=MODEL_HELP)
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (loopback by default)")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
     parser.add_argument("--max-upload-mb", type=float, default=50.0, help="largest accepted upload (MiB)")
     parser.add_argument("--max-duration", type=float, default=600.0, help="longest accepted recording (s)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or mps")
+    parser.add_argument(
+        "--examples",
+        default=None,
+        metavar="DIR",
+        help="offer the audio files in DIR (up to 12, by name) as examples the page classifies in one click",
+    )
+    add_reject_arguments(parser)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -382,6 +581,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_upload_bytes=int(args.max_upload_mb * 2**20),
         max_duration_s=args.max_duration,
         device=args.device,
+        reject=reject_overrides(args),
+        examples_dir=args.examples,
     )
     return 0
 
@@ -447,6 +648,27 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="also write the comparison to this Markdown file")
 
 
+def add_distill_arguments(parser: argparse.ArgumentParser) -> None:
+    from urbansound.config import DistillConfig
+
+    parser.add_argument("run", type=Path, metavar="RUN", help="finished run folder; its model teaches")
+    parser.add_argument("--model", required=True, metavar="NAME", help="the student's registered model name")
+    add_setting_arguments(parser, DistillConfig, DistillConfig(), titles={"": "distillation"})
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from urbansound.config import DistillConfig
+    from urbansound.models import create_model
+    from urbansound.training.distill import distill
+
+    settings = DistillConfig()
+    apply_setting_arguments(settings, args)
+    create_model(args.model, n_classes=2, n_bands=8)  # fail fast on a bad name
+    run_dir = distill(args.run, args.model, settings, progress=not args.quiet)
+    print(f"run folder: {run_dir}")
+    return 0
+
+
 Command = tuple[
     str, str, Callable[[argparse.ArgumentParser], None] | None, Callable[[argparse.Namespace], int]
 ]
@@ -458,19 +680,47 @@ COMMANDS: list[Command] = [
     ("models", "list registered models with parameters and MACs per clip", add_models_arguments, cmd_models),
     ("crossval", "cross-validate over the dataset's folds", add_crossval_arguments, cmd_crossval),
     ("compare", "put runs or cross-validations side by side", add_compare_arguments, cmd_compare),
+    ("distill", "train one model on a run's soft labels", add_distill_arguments, cmd_distill),
     ("predict", "classify recordings with a trained model", add_predict_arguments, cmd_predict),
+    ("embed", "write recordings' penultimate-layer embeddings (.npy, .csv)", add_embed_arguments, cmd_embed),
     ("export", "export a model file to ONNX or TorchScript", add_export_arguments, cmd_export),
     ("serve", "serve a model over HTTP (with a web page)", add_serve_arguments, cmd_serve),
+    ("listen", "classify the microphone or a FIFO live, one line per hop", add_listen_arguments, cmd_listen),
+    ("cache", "show where the feature cache is and how big, or clear it", add_cache_arguments, cmd_cache),
 ]
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Appends each option's default to its help, unless the help already says it or there is none to say
+    (None, False, or a setting flag's suppressed default, whose help shows the recipe's value)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (
+            "default" in text
+            or any(action.default is nothing for nothing in (None, False, argparse.SUPPRESS))
+            or not action.option_strings
+        ):
+            return text
+        return text + " (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="urbansound", description=__doc__)
+    import urbansound
+
+    parser = argparse.ArgumentParser(
+        prog="urbansound",
+        description=f"{urbansound.__doc__} {TOOL_SUMMARY}",
+        epilog="`urbansound COMMAND --help` lists a command's options with their defaults.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {urbansound.__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name, help_text, add_arguments, handler in COMMANDS:
-        sub = subparsers.add_parser(name, help=help_text, description=help_text)
+        sub = subparsers.add_parser(
+            name, help=help_text, description=help_text, formatter_class=_HelpFormatter
+        )
         sub.add_argument(
             "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars"
         )

@@ -9,6 +9,7 @@ values and the command-line spelling. ``urbansound.settings`` turns these declar
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
@@ -17,7 +18,10 @@ from typing import Any
 from urbansound.errors import ConfigError
 
 # Allowed values, one tuple per setting: validation and the command line both read them from here.
-FEATURE_KINDS = ("mel_spec", "gammatone")
+# The front ends of pretrained networks, reproduced exactly (urbansound.features.pretrained); a pretrained
+# backbone (urbansound.models.backbones) declares which one it takes.
+PRETRAINED_FEATURE_KINDS = ("panns_log_mel", "efficientat_mel", "kaldi_fbank")
+FEATURE_KINDS = ("mel_spec", "gammatone", *PRETRAINED_FEATURE_KINDS)
 DB_REFERENCES = ("absolute", "clip_max")
 MIXUP_DOMAINS = ("db", "power")
 SPLIT_METHODS = ("folds", "random")
@@ -26,7 +30,14 @@ CACHE_DTYPES = ("float32", "float16")
 SCHEDULERS = ("onecycle", "cosine")
 DATA_ON_DEVICE = ("auto", "yes", "no")
 SELECT_EPOCH = ("val_accuracy", "val_loss", "last")
+# How reports and plots name each choice of SELECT_EPOCH.
+SELECT_EPOCH_TEXT = {
+    "val_accuracy": "best validation accuracy",
+    "val_loss": "lowest validation loss",
+    "last": "the last epoch",
+}
 LAYOUTS = ("auto", "urbansound8k", "esc50", "folders")  # dataset layouts urbansound.data.datasets reads
+PCEN_MODES = ("off", "fixed", "learnable")  # per-channel energy normalisation instead of dB compression
 # The student project's own spellings of the feature kinds, kept as aliases.
 FEATURE_KIND_ALIASES = {"mel": "mel_spec", "log_mel": "mel_spec", "gamma": "gammatone"}
 
@@ -171,9 +182,67 @@ class ModelConfig:
         metavar="N",
     )
 
+    # The input levers below act after the feature cache (the cache keeps dB band energies), so none of them
+    # changes or invalidates it; all are off in the recipes unless benchmarks/select_recipe_notes.md says so.
+    # PCEN (Wang et al. 2017; Lostanlen et al. 2019) instead of dB compression: an automatic gain control per
+    # band for backgrounds whose level varies; "learnable" trains its four parameters per band.
+    pcen: str = setting(
+        "off",
+        "per-channel energy normalisation instead of dB compression: off, fixed (librosa's parameters) "
+        "or learnable (per band)",
+        choices=PCEN_MODES,
+        label="PCEN mode",
+    )
+    # 0: the dB features alone; 1 adds their time derivative as a channel, 2 also the second derivative
+    deltas: int = setting(0, "delta orders stacked as extra input channels (0, 1: delta, 2: delta-delta)")
+    # CoordConv (Liu et al. 2018): a convolution cannot tell where in frequency it is without it
+    freq_channel: bool = setting(False, "add an input channel holding each band's position (-1 .. 1)")
+    # seconds; 0 trains on whole clips. Salamon & Bello trained on 3 s patches of the 4 s clips.
+    crop_seconds: float = setting(
+        0.0,
+        "train on random crops of 1 s up to this many seconds and predict the mean over windows of this "
+        "length every 0.5 s (0: whole clips)",
+    )
+    # test-time augmentation: 0 classifies the clip as it is
+    tta_shifts: int = setting(
+        0, "also classify N circularly shifted copies (+-0.5 s, +-1 s, ...) and average the probabilities"
+    )
+
     def validate(self) -> None:
+        check_choices(self)
         if self.ensemble < 1:
             raise ConfigError(f"ensemble must have at least 1 member, got {self.ensemble}")
+        if self.deltas not in (0, 1, 2):
+            raise ConfigError(f"deltas must be 0, 1 or 2, got {self.deltas}")
+        if self.crop_seconds != 0 and self.crop_seconds < 1:
+            raise ConfigError(f"crop_seconds must be 0 (off) or at least 1 s, got {self.crop_seconds}")
+        if self.tta_shifts < 0:
+            raise ConfigError(f"tta_shifts must be >= 0, got {self.tta_shifts}")
+
+
+@dataclass
+class DistillConfig:
+    """Knowledge distillation (Hinton et al. 2015): a student learns the teacher's softened probabilities.
+
+    The loss is ``weight * T^2 * KL(teacher_T || student_T) + (1 - weight) * CE(student, labels)`` where
+    ``_T`` is the softmax at temperature ``T``; ``T^2`` keeps the soft term's gradients the size of the hard
+    term's as ``T`` changes.
+    """
+
+    # Hinton et al. used 1-20; 4 is common for 10 classes (higher spreads mass onto unlikely classes)
+    temperature: float = setting(4.0, "softmax temperature of teacher and student in the soft term")
+    # mostly the teacher: the labels are already in its probabilities, and born-again students use 1.0
+    weight: float = setting(
+        0.9,
+        "weight of the soft (teacher) term; 1 - weight goes to the true labels",
+        flags=("--distill-weight",),
+    )
+
+    def validate(self) -> None:
+        if self.temperature <= 0:
+            raise ConfigError(f"temperature must be positive, got {self.temperature}")
+        if not 0 <= self.weight <= 1:
+            raise ConfigError(f"distill weight must be in [0, 1], got {self.weight}")
 
 
 @dataclass
@@ -188,9 +257,11 @@ class SplitConfig:
         choices=SPLIT_METHODS,
         label="split method",
     )
-    test_fold: int = setting(10, "fold held out for testing")  # conventional hold-out fold for a single split
-    # the fold next to the test fold, so model selection never sees test data
-    val_fold: int | None = setting(9, "fold used for validation")
+    # None: the last fold the data has (UrbanSound8K: 10, the conventional hold-out; ESC-50: 5), so any
+    # dataset's fold count works without naming folds
+    test_fold: int | None = setting(None, "fold held out for testing (none: the last fold present)")
+    # None: the fold before the test fold (after it, when the test fold is the first), never the test fold
+    val_fold: int | None = setting(None, "fold used for validation (none: the fold before the test fold)")
     # instead of val_fold: this share of training recordings (by fsID)
     val_fraction: float | None = setting(
         None, "validate on this share of the training recordings (grouped by fsID) instead of a fold"
@@ -248,9 +319,21 @@ class TrainingConfig:
     # a local model file whose weights start the training (fine-tuning); "" = random
     init_from: str = setting(
         "",
-        "start from the weights of a local model file (fine-tuning); nothing is downloaded",
-        metavar="MODEL_FILE",
+        "start from the weights of a local model file, or of a pretrained backbone's checkpoint (a PANNs "
+        ".pth, an EfficientAT .pt, a Hugging Face directory or hf:ORG/NAME, which alone downloads)",
+        metavar="CHECKPOINT",
     )
+    # A linear probe: the pretrained backbone's weights (and BatchNorm statistics) stay fixed and only the
+    # class head trains, as in EVAR's frozen-embedding protocol.
+    freeze_backbone: bool = setting(False, "train only the class head; the backbone's weights stay fixed")
+    # Fine-tuning: pretrained layers move at this share of the head's learning rate, so the new head can
+    # settle before it pulls the pretrained features around. 1 trains every layer alike.
+    backbone_lr_scale: float = setting(
+        1.0, "learning rate of the pretrained layers as a share of the head's (--lr)", metavar="SHARE"
+    )
+    # Epochs at the start in which only the head trains (the backbone is frozen), so the randomly initialised
+    # head's large early gradients do not disturb the pretrained weights.
+    head_warmup_epochs: int = setting(0, "epochs at the start that train only the class head")
     # Exponential moving average of the weights (and BatchNorm statistics), updated every step; validation,
     # best-epoch selection and the saved model use the average. 0 disables it (the baseline recipe's way).
     ema_decay: float = setting(
@@ -279,11 +362,64 @@ class TrainingConfig:
             raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.patience is not None and self.patience <= 0:
             raise ConfigError(f"patience must be positive, got {self.patience}")
+        if not 0 < self.backbone_lr_scale <= 1 or self.head_warmup_epochs < 0:
+            raise ConfigError(
+                f"backbone_lr_scale must be in (0, 1] and head_warmup_epochs >= 0, got "
+                f"{self.backbone_lr_scale} and {self.head_warmup_epochs}"
+            )
 
 
 # Salamon & Bello (2017)'s augmentation factors: time stretch (TS) and pitch shift in semitones (PS1 + PS2).
 SALAMON_BELLO_STRETCH = (0.81, 0.93, 1.07, 1.23)
 SALAMON_BELLO_SEMITONES = (-3.5, -2.5, -2.0, -1.0, 1.0, 2.0, 2.5, 3.5)
+
+
+@dataclass
+class RejectConfig:
+    """When a window is given no class: too quiet (``silence``), too short (``too_short``) or too uncertain
+    (``unknown``). Stored in the model file; ``predict``, ``serve`` and ``listen`` flags override it."""
+
+    # dBFS of the window's RMS (full scale 1.0). -80: below every clip of UrbanSound8K folds 1-2 (the
+    # quietest is -73.3 dBFS, benchmarks/RESULTS.md), above digital silence and 16-bit dither (~-101).
+    silence_floor_dbfs: float | None = setting(
+        -80.0, "windows whose RMS level (dBFS) is below this are reported as silence (none: never)"
+    )
+    # seconds; the shortest UrbanSound8K clip is 0.054 s, a handful of samples carries no class
+    min_input_s: float = setting(0.05, "recordings shorter than this (seconds) are reported as too_short")
+    # 0 keeps every answer: rejecting uncertain ones is the user's trade-off (see the reliability diagram)
+    min_confidence: float = setting(
+        0.0, "windows and clips whose top (calibrated) probability is below this are reported as unknown"
+    )
+
+    def validate(self) -> None:
+        if self.min_input_s < 0:
+            raise ConfigError(f"min_input_s must be >= 0 seconds, got {self.min_input_s}")
+        if not 0.0 <= self.min_confidence <= 1.0:
+            raise ConfigError(f"min_confidence must be in [0, 1], got {self.min_confidence}")
+
+
+@dataclass
+class EventConfig:
+    """How window probabilities become sound events (``predict --events``; onset/offset in seconds)."""
+
+    # 0.5: a class that is more likely than all others together; DCASE baselines threshold at 0.5 too
+    threshold: float = setting(
+        0.5, "a class is active where its probability reaches this", flags=("--event-threshold",)
+    )
+    # seconds; shorter detections are mostly one noisy window
+    min_duration: float = setting(
+        0.0, "events shorter than this (seconds) are dropped", flags=("--event-min-duration",)
+    )
+    # seconds; a one-window dip inside a long sound should not split it in two
+    merge_gap: float = setting(
+        0.5, "events of one class closer than this (seconds) are merged", flags=("--event-merge-gap",)
+    )
+
+    def validate(self) -> None:
+        if not 0.0 < self.threshold <= 1.0:
+            raise ConfigError(f"event threshold must be in (0, 1], got {self.threshold}")
+        if self.min_duration < 0 or self.merge_gap < 0:
+            raise ConfigError("event min_duration and merge_gap must be >= 0 seconds")
 
 
 @dataclass
@@ -370,6 +506,7 @@ class RunConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # default: none, as the baseline recipe
+    reject: RejectConfig = field(default_factory=RejectConfig)  # stored in the model file
     # dataset layout: urbansound8k, esc50, folders, or auto (from the annotations)
     layout: str = setting(
         "auto",
@@ -398,15 +535,28 @@ class RunConfig:
         flags=("--skip-bad", "--skip_bad"),
         group="data",
     )
+    # off by default: history.csv holds the same curves, and tensorboard is an optional extra
+    tensorboard: bool = setting(
+        False,
+        "also log losses, accuracy and learning rate per epoch and the test confusion matrix for TensorBoard "
+        "(in the run folder's tensorboard/; needs the tensorboard extra)",
+        group="run",
+    )
 
     def validate(self) -> None:
         check_choices(self)
+        if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
+            raise ConfigError(
+                "--tensorboard needs the tensorboard package: pip install 'urbansound[tensorboard]'"
+            )
         self.audio.validate()
         self.features.validate(self.audio.sample_rate)
         self.model.validate()
         self.split.validate()
         self.training.validate()
         self.augment.validate()
+        self.reject.validate()
+        check_backbone_front_end(self)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -435,6 +585,7 @@ _NESTED: dict[tuple[str, str], type] = {
     ("RunConfig", "split"): SplitConfig,
     ("RunConfig", "training"): TrainingConfig,
     ("RunConfig", "augment"): AugmentConfig,
+    ("RunConfig", "reject"): RejectConfig,
 }
 
 
@@ -504,7 +655,81 @@ def _default_recipe(config: RunConfig) -> None:
     )
 
 
-RECIPES = {"default": _default_recipe, "baseline": _baseline_recipe}
+def _finetune_recipe(config: RunConfig) -> None:
+    """Fine-tuning a pretrained backbone (PANNs CNN14 unless ``--model`` names another; ``--init-from`` names
+    its checkpoint): the backbone's own sample rate and front end, the head at 1e-3 and the pretrained layers
+    at a tenth of it, the first epoch head-only, 10 epochs, SpecAugment as PANNs trained with."""
+    _baseline_recipe(config)
+    config.model = ModelConfig(name="panns_cnn14")
+    # Pretrained features need few passes: PANNs' and EVAR's fine-tuning on ESC-50 and UrbanSound8K converge
+    # within ~10 epochs, and a CNN14 epoch on 2 CPU cores is costly (docs/transfer-learning.md).
+    config.training.epochs = 10
+    config.training.batch_size = 32
+    config.training.max_lr = 1e-3  # the new head's rate; the backbone moves at backbone_lr_scale of it
+    config.training.backbone_lr_scale = 0.1  # 1e-4 for pretrained layers: PANNs' finetune_template rate
+    config.training.head_warmup_epochs = 1  # the random head settles before gradients reach the backbone
+    config.training.scheduler = "cosine"
+    config.training.weight_decay = 1e-2  # AdamW's decoupled decay, as the default recipe
+    config.training.label_smoothing = 0.1
+    # PANNs' SpecAugmentation(time_drop_width=64, time_stripes_num=2, freq_drop_width=8, freq_stripes_num=2)
+    config.augment = AugmentConfig(freq_masks=2, freq_mask_width=8, time_masks=2, time_mask_width=64)
+    use_backbone_front_end(config)
+
+
+def use_backbone_front_end(config: RunConfig, given: Sequence[str] = ()) -> RunConfig:
+    """For a pretrained backbone (``config.model.name``): take its own sample rate and front end, and the
+    model options its checkpoint (``training.init_from``) supplies (a Hugging Face config). A sample-rate or
+    feature setting in ``given`` (paths such as ``"features.n_mels"``) that differs is a ConfigError: the
+    pretrained weights only fit their own input. Other models are left as they are."""
+    from urbansound.models.backbones import find_backbone  # models import this module
+
+    backbone = find_backbone(config.model.name)
+    if backbone is None:
+        return config
+    needs_options = backbone.options_from is not None and "config" not in config.model.kwargs
+    if needs_options and config.training.init_from:
+        config.model.kwargs = {**backbone.options_from(config.training.init_from), **config.model.kwargs}
+    features = backbone.front_end(config.model.kwargs)
+    sample_rate = int(config.model.kwargs.get("sample_rate", backbone.sample_rate))
+    wanted = _front_end_settings(features, sample_rate)
+    current = _front_end_settings(config.features, config.audio.sample_rate)
+    clashes = [
+        f"{path} {current[path]!r} (it takes {wanted[path]!r})"
+        for path in given
+        if path in wanted and current[path] != wanted[path]
+    ]
+    if clashes:
+        raise ConfigError(
+            f"{backbone.name} ({backbone.architecture}) only fits its own front end: " + "; ".join(clashes)
+        )
+    config.audio.sample_rate = sample_rate
+    config.features = dataclasses.replace(features)  # a copy: configs are edited, the declaration is not
+    return config
+
+
+def _front_end_settings(features: FeatureConfig, sample_rate: int) -> dict[str, Any]:
+    """Setting paths (as the command line names them) -> values of a front end."""
+    return {f"features.{k}": v for k, v in asdict(features).items()} | {"audio.sample_rate": sample_rate}
+
+
+def check_backbone_front_end(config: RunConfig) -> None:
+    """ConfigError when a pretrained backbone is given features or a sample rate other than its own."""
+    from urbansound.models.backbones import find_backbone
+
+    backbone = find_backbone(config.model.name)
+    if backbone is None:
+        return  # a model trained from scratch may take any features, a pretrained network's too
+    features = backbone.front_end(config.model.kwargs)
+    sample_rate = int(config.model.kwargs.get("sample_rate", backbone.sample_rate))
+    if config.features != features or config.audio.sample_rate != sample_rate:
+        raise ConfigError(
+            f"{backbone.name} ({backbone.architecture}) takes {sample_rate} Hz and {features}, got "
+            f"{config.audio.sample_rate} Hz and {config.features} (urbansound.config.use_backbone_front_end "
+            "sets them; the command line does it for you)"
+        )
+
+
+RECIPES = {"default": _default_recipe, "baseline": _baseline_recipe, "finetune": _finetune_recipe}
 DEFAULT_RECIPE = "default"  # what `urbansound train` starts from without --recipe or --config
 # The baseline recipe's first name ("seed", after the student project it reproduces), still accepted.
 RECIPE_ALIASES = {"seed": "baseline"}

@@ -1,10 +1,16 @@
 """Export a model file to ONNX or TorchScript, with a parity check against PyTorch.
 
 Both exports take **raw mono audio** ``(batch, samples)`` at the model's sample rate (float32 in [-1, 1])
-and return ``logits`` and ``probabilities`` ``(batch, n_classes)``; the whole pipeline (spectrogram, band
-normalisation, network) is inside the exported graph. The model was trained on windows of
-``spec.audio.n_samples`` samples: feed windows of exactly that length (right-pad shorter recordings with
-zeros, cut longer ones into windows), as :mod:`urbansound.inference` does.
+and return ``logits`` and ``probabilities`` ``(batch, n_classes)`` (the probabilities with the model file's
+calibration temperature), ``level_dbfs`` ``(batch,)`` (each window's RMS level) and ``silent`` ``(batch,)``
+(level below the model file's silence floor: report ``silence``, not a class, as
+:mod:`urbansound.inference` does); the whole pipeline (spectrogram, band normalisation, network) is inside
+the exported graph. The model was trained on windows of ``spec.audio.n_samples`` samples, and both exports
+refuse any other length with an error naming the expected one (another length would silently change the
+answer): right-pad shorter recordings with zeros, cut longer ones into windows, as inference does. The
+ONNX graph has a fixed window length (onnxruntime: "Got invalid dimensions for input: audio ... Expected:
+N"); the TorchScript module checks it in a scripted guard. ``too_short`` (a recording under
+``reject.min_input_s``) is decided before padding, by the caller, from the metadata's ``spec``.
 
 ONNX has no complex tensors, and the TorchScript-based exporter cannot export ``torch.stft`` with
 ``return_complex=True``. The ONNX graph therefore computes the STFT as a ``conv1d`` whose fixed kernels
@@ -38,7 +44,9 @@ from urbansound.data.synth import CLASS_NAMES as SYNTH_CLASSES
 from urbansound.data.synth import synthesize_background, synthesize_event
 from urbansound.errors import ConfigError, DataError
 from urbansound.features.frontend import SpectrogramFrontend
+from urbansound.features.pretrained import PretrainedFrontend
 from urbansound.features.spectrogram import power_to_db
+from urbansound.inference import LEVEL_FLOOR_DBFS
 from urbansound.modelfile import ModelSpec, load_model_file
 from urbansound.models.classifier import AudioClassifier
 
@@ -86,18 +94,65 @@ class ConvSpectrogramFrontend(nn.Module):
         return power_to_db(bands, self.top_db)
 
 
+class WindowLengthCheck(nn.Module):
+    """Refuses waveforms that are not ``(batch, window)``; compiled with ``torch.jit.script`` so that the
+    check survives tracing (a traced ``if`` on a shape would be frozen to the example's answer)."""
+
+    def __init__(self, window: int, sample_rate: int) -> None:
+        super().__init__()
+        self.window = window
+        self.sample_rate = sample_rate
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        if audio.dim() != 2 or audio.size(1) != self.window:
+            raise ValueError(
+                "expected mono float32 waveforms of shape (batch, "
+                + str(self.window)
+                + ") at "
+                + str(self.sample_rate)
+                + " Hz (the model's window; right-pad shorter audio with zeros), got shape "
+                + str(audio.shape)
+            )
+        return audio
+
+
 class WithProbabilities(nn.Module):
     """The classifier's outputs as the exported files give them: audio ``(batch, samples)`` ->
-    ``(logits, probabilities)``, each ``(batch, n_classes)``. Adds the softmax only; the pipeline is the
-    wrapped :class:`~urbansound.models.classifier.AudioClassifier`'s."""
+    ``(logits, probabilities, level_dbfs, silent)``: ``(batch, n_classes)`` twice, then ``(batch,)`` twice.
+    Adds the calibrated softmax, the level and the silence rule; the pipeline is the wrapped
+    :class:`~urbansound.models.classifier.AudioClassifier`'s. ``check`` (a scripted
+    :class:`WindowLengthCheck`) refuses other window lengths."""
 
-    def __init__(self, classifier: AudioClassifier) -> None:
+    def __init__(
+        self,
+        classifier: AudioClassifier,
+        temperature: float = 1.0,
+        silence_floor_dbfs: float | None = None,
+        check: nn.Module | None = None,
+    ) -> None:
         super().__init__()
         self.classifier = classifier
+        self.temperature = temperature
+        # No floor: a level no window can have (the reported level is at least LEVEL_FLOOR_DBFS).
+        self.floor = LEVEL_FLOOR_DBFS - 1.0 if silence_floor_dbfs is None else silence_floor_dbfs
+        self.check = check
 
-    def forward(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, audio: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self.check is not None:
+            audio = self.check(audio)
         logits = self.classifier(audio)  # (batch, n_classes)
-        return logits, torch.softmax(logits, dim=-1)
+        power = torch.mean(audio.double() * audio.double(), dim=1)  # (batch,); float64 as inference
+        level = torch.clamp(10.0 * torch.log10(power), min=LEVEL_FLOOR_DBFS).float()  # (batch,) dBFS
+        return logits, torch.softmax(logits / self.temperature, dim=-1), level, level < self.floor
+
+
+def exported_module(model: AudioClassifier, spec: ModelSpec, check_length: bool) -> WithProbabilities:
+    """:class:`WithProbabilities` with the model file's temperature and silence floor (and, with
+    ``check_length``, the scripted window-length guard)."""
+    check = torch.jit.script(WindowLengthCheck(spec.audio.n_samples, spec.audio.sample_rate))
+    return WithProbabilities(
+        model, spec.temperature, spec.reject.silence_floor_dbfs, check if check_length else None
+    ).eval()
 
 
 @dataclass
@@ -129,11 +184,13 @@ def parity_inputs(spec: ModelSpec, n: int = 8, seed: int = 0) -> np.ndarray:
     return np.stack(windows).astype(np.float32)
 
 
-def reference_outputs(model: AudioClassifier, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """PyTorch logits and probabilities ``(batch, n_classes)`` of the model file's classifier."""
+def reference_outputs(
+    model: AudioClassifier, audio: np.ndarray, temperature: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """PyTorch logits and (at ``temperature``) probabilities ``(batch, n_classes)`` of the classifier."""
     with torch.inference_mode():
         logits = model(torch.from_numpy(audio))
-    return logits.numpy(), torch.softmax(logits, dim=-1).numpy()
+    return logits.numpy(), torch.softmax(logits / temperature, dim=-1).numpy()
 
 
 def default_output(model_path: Path, fmt: str) -> Path:
@@ -151,6 +208,9 @@ def _metadata(spec: ModelSpec) -> dict[str, str]:
         ),
         "sample_rate": str(spec.audio.sample_rate),
         "window_samples": str(spec.audio.n_samples),
+        "silence_floor_dbfs": json.dumps(spec.reject.silence_floor_dbfs),
+        "min_input_s": str(spec.reject.min_input_s),
+        "temperature": str(spec.temperature),
         "class_names": json.dumps(spec.class_names),
         "spec": spec.to_json(),
         "urbansound_version": __version__,
@@ -158,15 +218,23 @@ def _metadata(spec: ModelSpec) -> dict[str, str]:
 
 
 def export_onnx(model: AudioClassifier, spec: ModelSpec, path: Path) -> None:
-    """Write ``model`` as ONNX: input ``audio`` (dynamic batch and length), outputs logits, probabilities."""
+    """Write ``model`` as ONNX: input ``audio`` (dynamic batch, fixed window length), outputs logits,
+    probabilities, level_dbfs, silent."""
     import onnx  # optional dependency: the "export" extra
 
     # The same classifier with the STFT computed as a convolution (see the module docstring); it shares the
     # normaliser and backbone modules, so it is the model file's classifier but for that front end.
     onnx_classifier = AudioClassifier(
-        ConvSpectrogramFrontend(model.frontend), model.normalizer, model.backbone
+        # A pretrained network's front end is already a convolution (features/pretrained.py).
+        model.frontend
+        if isinstance(model.frontend, PretrainedFrontend)
+        else ConvSpectrogramFrontend(model.frontend),
+        model.normalizer,
+        model.backbone,
+        inputs=model.inputs,
+        views=model.views,
     )
-    wrapper = WithProbabilities(onnx_classifier).eval()
+    wrapper = exported_module(onnx_classifier, spec, check_length=False)  # the length is fixed instead
     example = torch.from_numpy(parity_inputs(spec, n=2))
     with warnings.catch_warnings():
         # The TorchScript-based exporter warns that it is no longer the default (chosen on purpose, see the
@@ -180,11 +248,10 @@ def export_onnx(model: AudioClassifier, spec: ModelSpec, path: Path) -> None:
             dynamo=False,
             opset_version=OPSET,
             input_names=["audio"],
-            output_names=["logits", "probabilities"],
+            output_names=["logits", "probabilities", "level_dbfs", "silent"],
+            # Only the batch is dynamic: a window of another length would silently change the answer.
             dynamic_axes={
-                "audio": {0: "batch", 1: "samples"},
-                "logits": {0: "batch"},
-                "probabilities": {0: "batch"},
+                name: {0: "batch"} for name in ("audio", "logits", "probabilities", "level_dbfs", "silent")
             },
         )
     proto = onnx.load(str(path))
@@ -201,7 +268,7 @@ def export_torchscript(model: AudioClassifier, spec: ModelSpec, path: Path) -> N
     Traced with the original front end (``torch.stft``), which TorchScript runs natively; the spec is
     stored as the extra file ``spec.json``.
     """
-    wrapper = WithProbabilities(model).eval()
+    wrapper = exported_module(model, spec, check_length=True)
     example = torch.from_numpy(parity_inputs(spec, n=2))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -224,7 +291,7 @@ def run_torchscript(path: Path, audio: np.ndarray) -> tuple[np.ndarray, np.ndarr
         warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated, still widely deployed
         module = torch.jit.load(str(path), map_location="cpu")
     with torch.inference_mode():
-        logits, probabilities = module(torch.from_numpy(audio))
+        logits, probabilities = module(torch.from_numpy(audio))[:2]
     return logits.numpy(), probabilities.numpy()
 
 
@@ -235,7 +302,8 @@ def export_model(
     check: bool = True,
     tolerance: float = PARITY_TOLERANCE,
 ) -> ExportResult:
-    """Export a model file and (with ``check``) verify it against PyTorch on synthetic urban sounds.
+    """Export a model file (or a run or cross-validation folder's) and (with ``check``) verify it against
+    PyTorch on synthetic urban sounds.
 
     Raises:
         ConfigError: unknown format.
@@ -244,7 +312,9 @@ def export_model(
     """
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    model_path = Path(model_path)
+    from urbansound.training.run_folder import resolve_model_file  # training modules load on demand
+
+    model_path = resolve_model_file(model_path)  # a run folder's file, so the export lands beside it
     model, spec = load_model_file(model_path)
     path = Path(output) if output is not None else default_output(model_path, fmt)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -254,7 +324,7 @@ def export_model(
         diff_p = diff_l = None
         if check:
             audio = parity_inputs(spec, n=8, seed=1)  # other inputs than the tracing example
-            logits, probabilities = reference_outputs(model, audio)
+            logits, probabilities = reference_outputs(model, audio, spec.temperature)
             got_logits, got_probabilities = (run_onnx if fmt == "onnx" else run_torchscript)(tmp, audio)
             diff_p = float(np.abs(got_probabilities - probabilities).max())
             diff_l = float(np.abs(got_logits - logits).max())

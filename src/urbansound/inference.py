@@ -23,7 +23,7 @@ Example::
 
     predictor = Predictor.from_file("runs/20250101-120000-run/model.safetensors")
     prediction = predictor.predict("street.flac")
-    prediction.top_k(3)       # [("siren", 0.81), ("car_horn", 0.07), ("street_music", 0.05)]
+    prediction.top_k(2)       # [{"label": "siren", "score": 0.81}, {"label": "car_horn", "score": 0.07}]
     prediction.windows[0]     # Window(start_s=0.0, end_s=4.0, label="siren", probability=0.9, ...)
 """
 
@@ -55,6 +55,11 @@ logger = logging.getLogger(__name__)
 # Default hop as a fraction of the window: half-overlapping windows (see the module docstring).
 DEFAULT_HOP_FRACTION = 0.5
 
+# Level reported for digital silence, in dBFS (JSON has no -inf); far below any real recording's noise floor.
+LEVEL_FLOOR_DBFS = -200.0
+# What a window or clip is reported as instead of a class (never one of the model's classes).
+SILENCE, TOO_SHORT, UNKNOWN = "silence", "too_short", "unknown"
+
 # Blocks each decoding worker may have in flight: a few short files' worth of read-ahead, so the model does
 # not wait on decoding, while a long file's blocks stay a few MB in all.
 BLOCK_PREFETCH = 8
@@ -69,6 +74,8 @@ class Window:
     label: str  # the most probable class
     probability: float  # its probability
     probabilities: np.ndarray  # (n_classes,), in the model's class order
+    level_dbfs: float | None = None  # RMS level of the window's samples (padding excluded)
+    status: str | None = None  # "silence", "too_short" or "unknown" (then also the label); None: a class
 
     def to_dict(self, class_names: Sequence[str]) -> dict[str, Any]:
         return {
@@ -76,6 +83,8 @@ class Window:
             "end_s": round(self.end_s, 4),
             "label": self.label,
             "probability": float(self.probability),
+            "status": self.status,
+            "level_dbfs": None if self.level_dbfs is None else round(self.level_dbfs, 2),
             "probabilities": {
                 name: float(p) for name, p in zip(class_names, self.probabilities, strict=True)
             },
@@ -91,19 +100,24 @@ class Prediction:
     windows: list[Window]
     duration_s: float  # of the decoded recording (before any padding)
     source: str | None = None  # the file, when predicted from one
+    status: str | None = None  # "silence", "too_short" or "unknown" (then also the label); None: a class
+    level_dbfs: float | None = None  # of the loudest window
 
     @property
     def label(self) -> str:
+        if self.status is not None:
+            return self.status
         return self.class_names[int(np.argmax(self.probabilities))]
 
     @property
     def probability(self) -> float:
         return float(np.max(self.probabilities))
 
-    def top_k(self, k: int = 3) -> list[tuple[str, float]]:
-        """The ``k`` most probable classes, most probable first, as ``(class name, probability)``."""
+    def top_k(self, k: int = 3) -> list[dict[str, Any]]:
+        """The ``k`` most probable classes, most probable first, as ``{"label", "score"}`` (the score is the
+        clip-level probability; the shape Hugging Face's audio-classification pipeline returns)."""
         order = np.argsort(-self.probabilities, kind="stable")[: max(1, k)]
-        return [(self.class_names[i], float(self.probabilities[i])) for i in order]
+        return [{"label": self.class_names[i], "score": float(self.probabilities[i])} for i in order]
 
     def to_dict(self, top_k: int = 3, timeline: bool = True) -> dict[str, Any]:
         """JSON-ready: ``duration_s``, ``clip`` {label, probability, top_k, probabilities}, ``timeline``."""
@@ -112,7 +126,10 @@ class Prediction:
             "clip": {
                 "label": self.label,
                 "probability": self.probability,
-                "top_k": [{"label": name, "probability": p} for name, p in self.top_k(top_k)],
+                "status": self.status,
+                "level_dbfs": None if self.level_dbfs is None else round(self.level_dbfs, 2),
+                # "probability", not "score": the key every other probability in this output has
+                "top_k": [{"label": c["label"], "probability": c["score"]} for c in self.top_k(top_k)],
                 "probabilities": {
                     name: float(p) for name, p in zip(self.class_names, self.probabilities, strict=True)
                 },
@@ -145,6 +162,7 @@ class _Pending:
     error: str | None = None
     starts: list[int] = field(default_factory=list)  # window starts in samples, in cutting order
     probabilities: list[np.ndarray] = field(default_factory=list)  # one (n_classes,) per finished window
+    levels: list[float] = field(default_factory=list)  # dBFS, one per finished window
     n_samples: int = 0  # the recording's length at the model's rate, once it has ended
     cut: bool = False  # the recording has ended and every window has been cut
 
@@ -237,8 +255,10 @@ class _WindowBatch:
         if not self.owners:
             return
         probabilities = self.predictor.probabilities(self.windows[: len(self.owners)])
-        for owner, probs in zip(self.owners, probabilities, strict=True):
+        levels = window_levels(self.windows[: len(self.owners)])
+        for owner, probs, level in zip(self.owners, probabilities, levels, strict=True):
             owner.probabilities.append(probs)
+            owner.levels.append(float(level))
         self.owners.clear()
 
 
@@ -309,6 +329,14 @@ def block_loader(paths: Sequence[Path], sample_rate: int, num_workers: int) -> D
     )
 
 
+def window_levels(windows: np.ndarray) -> np.ndarray:
+    """RMS level in dBFS (full scale 1.0) of each window ``(batch, samples)`` -> ``(batch,)``; digital
+    silence is ``LEVEL_FLOOR_DBFS``. Accumulated in float64: float32 squares of quiet audio underflow."""
+    power = np.mean(np.square(windows, dtype=np.float64), axis=-1)
+    with np.errstate(divide="ignore"):
+        return np.maximum(10.0 * np.log10(power), LEVEL_FLOOR_DBFS)
+
+
 def _same_device(a: torch.device, b: torch.device) -> bool:
     """``cuda`` and ``cuda:0`` name one device when the current device is 0; an unindexed name matches any."""
     return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
@@ -328,6 +356,9 @@ class Predictor:
         on_device = all(_same_device(t.device, self.device) for t in (*model.parameters(), *model.buffers()))
         self.model = (model if on_device else copy.deepcopy(model).to(self.device)).eval()
         self.spec = spec
+        # When a window gets no class (a copy: callers may override it per predictor, as the CLI flags do).
+        self.reject = copy.copy(spec.reject)
+        self.temperature = spec.temperature  # calibration fitted on the validation split
         self.class_names = list(spec.class_names)
         self.sample_rate = spec.audio.sample_rate  # Hz
         self.window = spec.audio.n_samples  # samples per window (the training clip length)
@@ -337,8 +368,12 @@ class Predictor:
 
     @classmethod
     def from_file(cls, model_path: str | Path, device: str | torch.device = "cpu") -> Predictor:
-        """Load a model file (DataError if it is missing, damaged or from another format version)."""
-        model, spec = load_model_file(model_path, device=device)
+        """Load a model file, or a run or cross-validation folder's (see
+        :func:`~urbansound.training.run_folder.resolve_model_file`); DataError if it is missing, damaged or
+        from another format version."""
+        from urbansound.training.run_folder import resolve_model_file  # training modules load on demand
+
+        model, spec = load_model_file(resolve_model_file(model_path), device=device)
         return cls(model, spec, device)
 
     @property
@@ -414,12 +449,19 @@ class Predictor:
             return np.zeros((0, len(self.class_names)), dtype=np.float32)
         return np.concatenate(outputs)
 
+    def embeddings(self, windows: np.ndarray) -> np.ndarray:
+        """Penultimate-layer embeddings ``(batch, dim)`` of waveforms ``(batch, window)`` at the model's rate
+        (:meth:`~urbansound.models.classifier.AudioClassifier.embed`)."""
+        batch = torch.from_numpy(np.ascontiguousarray(windows, dtype=np.float32)).to(self.device)
+        with self._lock, torch.inference_mode():  # the lock also keeps embed's hooks to this pass
+            return self.model.embed(batch).float().cpu().numpy()
+
     def _forward(self, windows: np.ndarray) -> np.ndarray:
         """Model softmax ``(batch, n_classes)`` of float32 ``(batch, window)``; the caller holds the lock."""
         batch = torch.from_numpy(windows).to(self.device)
         with torch.inference_mode():
             logits = self.model(batch)  # (batch, n_classes)
-            return torch.softmax(logits.float(), dim=-1).cpu().numpy()
+            return torch.softmax(logits.float() / self.temperature, dim=-1).cpu().numpy()
 
     def features(self, waveform: np.ndarray, floor: bool = True) -> np.ndarray:
         """The model's dB band energies ``(n_bands, frames)`` of a whole mono waveform (for display).
@@ -430,7 +472,7 @@ class Predictor:
         x = torch.as_tensor(np.ascontiguousarray(waveform, dtype=np.float32)).to(self.device)[None]
         frontend = self.model.frontend
         with self._lock, torch.inference_mode():
-            if floor:
+            if floor or frontend.config.top_db is None:  # no floor to leave out (pretrained front ends)
                 return frontend(x)[0].cpu().numpy()
             config = frontend.config
             raw = log_filterbank_spectrogram(
@@ -445,30 +487,68 @@ class Predictor:
             raise DataError(f"expected audio of shape (samples,) or (samples, channels), got {audio.shape}")
         return resample(to_mono(audio), sample_rate, self.sample_rate)
 
+    def window_status(
+        self, probabilities: np.ndarray, level_dbfs: float | None, n_samples: int
+    ) -> str | None:
+        """What a window is reported as instead of its class (``self.reject``'s rules), or None.
+
+        ``n_samples``: the recording's length at the model's rate; ``level_dbfs``: the window's RMS level
+        over its real samples."""
+        if n_samples < self.reject.min_input_s * self.sample_rate:
+            return TOO_SHORT
+        floor = self.reject.silence_floor_dbfs
+        if level_dbfs is not None and floor is not None and level_dbfs < floor:
+            return SILENCE
+        if float(np.max(probabilities)) < self.reject.min_confidence:
+            return UNKNOWN
+        return None
+
     def _assemble(
-        self, starts: np.ndarray, probabilities: np.ndarray, n_samples: int, source: str | None
+        self,
+        starts: np.ndarray,
+        probabilities: np.ndarray,
+        n_samples: int,
+        source: str | None,
+        levels: Sequence[float] | None = None,
     ) -> Prediction:
         if not np.isfinite(probabilities).all():
             # Finite but absurd samples (1e20 in a float WAV) overflow the power spectrum to inf.
             raise DataError(f"{source or 'audio'}: samples far outside [-1, 1] give no finite prediction")
+        levels = [None] * len(starts) if levels is None else list(levels)
+        if 0 < n_samples < self.window and levels[0] is not None and levels[0] > LEVEL_FLOOR_DBFS:
+            # The only window is zero-padded: its level over the real samples only (zeros add no energy).
+            levels[0] += 10.0 * math.log10(self.window / n_samples)
         windows = []
-        for start, probs in zip(starts, probabilities, strict=True):
+        for start, probs, level in zip(starts, probabilities, levels, strict=True):
             best = int(np.argmax(probs))
+            status = self.window_status(probs, level, n_samples)
             windows.append(
                 Window(
                     start_s=float(start) / self.sample_rate,
                     end_s=float(min(start + self.window, max(n_samples, 1))) / self.sample_rate,
-                    label=self.class_names[best],
+                    label=status or self.class_names[best],
                     probability=float(probs[best]),
                     probabilities=probs,
+                    level_dbfs=level,
+                    status=status,
                 )
             )
+        # Silent and too-short windows say nothing about the class: the clip averages the others.
+        heard = [i for i, w in enumerate(windows) if w.status not in (SILENCE, TOO_SHORT)]
+        clip = probabilities[heard].mean(axis=0) if heard else probabilities.mean(axis=0)
+        if not heard:
+            status = windows[0].status
+        else:
+            status = UNKNOWN if float(clip.max()) < self.reject.min_confidence else None
+        known = [level for level in levels if level is not None]
         return Prediction(
             class_names=self.class_names,
-            probabilities=probabilities.mean(axis=0),
+            probabilities=clip,
             windows=windows,
             duration_s=n_samples / self.sample_rate,
             source=source,
+            status=status,
+            level_dbfs=max(known) if known else None,
         )
 
     def predict(
@@ -506,13 +586,14 @@ class Predictor:
         """Classify a mono float32 waveform ``(samples,)`` already at the model's sample rate."""
         starts = self.window_starts(waveform.shape[0], hop)
         # One batch of windows at a time: a long recording's windows overlap, copying all would multiply it.
-        probabilities = np.concatenate(
-            [
-                self.probabilities(self.windows(waveform, starts[i : i + batch_size]))
-                for i in range(0, len(starts), batch_size)
-            ]
+        probabilities, levels = [], []
+        for i in range(0, len(starts), batch_size):
+            windows = self.windows(waveform, starts[i : i + batch_size])
+            probabilities.append(self.probabilities(windows))
+            levels.append(window_levels(windows))
+        return self._assemble(
+            starts, np.concatenate(probabilities), waveform.shape[0], source, np.concatenate(levels)
         )
-        return self._assemble(starts, probabilities, waveform.shape[0], source)
 
     def predict_stream(
         self,
@@ -548,7 +629,7 @@ class Predictor:
             batch.add(item, start, window)
         batch.run()
         starts = np.asarray(item.starts, dtype=np.int64)
-        return self._assemble(starts, np.stack(item.probabilities), cutter.n_samples, source)
+        return self._assemble(starts, np.stack(item.probabilities), cutter.n_samples, source, item.levels)
 
     def predict_files(
         self,
@@ -581,11 +662,12 @@ class Predictor:
             while pending and pending[0].ready:
                 item = pending.popleft()
                 result = self._file_result(item)
-                item.starts, item.probabilities = [], []  # the result has them; ``items`` keeps a shell
+                item.starts, item.probabilities, item.levels = [], [], []  # the result has them
                 bar.update(1)
                 yield result
 
-        bar = tqdm(total=len(paths), unit="file", disable=not progress, desc="predict")
+        # disable=None: tqdm draws only when stderr is a terminal, so logs and pipes get no bar.
+        bar = tqdm(total=len(paths), unit="file", disable=None if progress else True, desc="predict")
         try:
             for message in block_loader(paths, self.sample_rate, workers):
                 item = items[message.index]
@@ -622,7 +704,9 @@ class Predictor:
             return FileResult(item.path, error=item.error)
         starts = np.asarray(item.starts, dtype=np.int64)
         try:
-            prediction = self._assemble(starts, np.stack(item.probabilities), item.n_samples, str(item.path))
+            prediction = self._assemble(
+                starts, np.stack(item.probabilities), item.n_samples, str(item.path), item.levels
+            )
         except DataError as error:
             return FileResult(item.path, error=str(error))
         return FileResult(item.path, prediction=prediction)

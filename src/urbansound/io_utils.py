@@ -39,7 +39,7 @@ _HINTS = {
 }
 
 
-def _format_bytes(n: float) -> str:
+def format_bytes(n: float) -> str:
     """``n`` bytes as a short human-readable size, e.g. ``"1.5 GB"`` (decimal units, as ``df -H``)."""
     for unit in ("bytes", "kB", "MB", "GB", "TB"):
         if abs(n) < 1000 or unit == "TB":
@@ -80,13 +80,13 @@ def _write_error(
     if error.errno in _HINTS:
         parts.append(_HINTS[error.errno])
     try:
-        free = _format_bytes(shutil.disk_usage(path.parent).free)
+        free = format_bytes(shutil.disk_usage(path.parent).free)
     except OSError:
         free = "an unknown amount of space"
     if expected_bytes is not None:
-        needed = f"about {_format_bytes(expected_bytes)}"
+        needed = f"about {format_bytes(expected_bytes)}"
     else:
-        needed = f"more than the {_format_bytes(written)} written before the error"
+        needed = f"more than the {format_bytes(written)} written before the error"
     parts.append(f"{path.parent} has {free} free and {what} needs {needed}")
     parts.append(
         "nothing half-written was left and files written before are kept: free some space "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +18,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
 from urbansound import MODEL_FORMAT_VERSION, __version__
-from urbansound.config import AudioConfig, FeatureConfig, ModelConfig, _from_dict
+from urbansound.config import AudioConfig, FeatureConfig, ModelConfig, RejectConfig, _from_dict
 from urbansound.errors import DataError
-from urbansound.features.frontend import BandNormalizer, SpectrogramFrontend
+from urbansound.features.frontend import make_frontend
+from urbansound.features.views import build_stages
 from urbansound.io_utils import atomic_output
 from urbansound.models import create_model
 from urbansound.models.classifier import AudioClassifier
@@ -39,6 +40,10 @@ class ModelSpec:
     features: FeatureConfig
     model: ModelConfig
     class_names: list[str]
+    # The silence floor, shortest input and confidence floor (files written before them get the defaults).
+    reject: RejectConfig = field(default_factory=RejectConfig)
+    # Divides the logits before the softmax: fitted on the validation split after training (1: as trained).
+    temperature: float = 1.0
 
     def to_json(self) -> str:
         return json.dumps(
@@ -47,17 +52,23 @@ class ModelSpec:
                 "features": asdict(self.features),
                 "model": asdict(self.model),
                 "class_names": self.class_names,
+                "reject": asdict(self.reject),
+                "temperature": self.temperature,
             }
         )
 
     @classmethod
     def from_json(cls, text: str) -> ModelSpec:
         data = json.loads(text)
+        if not float(data.get("temperature", 1.0)) > 0:  # also NaN; read_model_spec reports the file
+            raise ValueError(f"temperature must be positive, got {data['temperature']}")
         return cls(
             audio=_from_dict(AudioConfig, data["audio"]),
             features=_from_dict(FeatureConfig, data["features"]),
             model=_from_dict(ModelConfig, data["model"]),
             class_names=list(data["class_names"]),
+            reject=_from_dict(RejectConfig, data.get("reject", {})),
+            temperature=float(data.get("temperature", 1.0)),
         )
 
 
@@ -65,11 +76,16 @@ def build_classifier(spec: ModelSpec) -> AudioClassifier:
     """A fresh (untrained) classifier for ``spec``; a :class:`SeedEnsemble` of backbones when
     ``spec.model.ensemble`` > 1."""
 
+    stages = build_stages(spec.model, spec.features, spec.audio.sample_rate)  # normaliser, channels, views
+    # Extra input channels (deltas, band position) are asked of the backbone only when there are any.
+    channels = {"in_channels": stages.inputs.channels} if stages.inputs.channels > 1 else {}
+
     def new_backbone() -> torch.nn.Module:
         return create_model(
             spec.model.name,
             n_classes=len(spec.class_names),
             n_bands=spec.features.n_mels,
+            **channels,
             **spec.model.kwargs,
         )
 
@@ -77,9 +93,11 @@ def build_classifier(spec: ModelSpec) -> AudioClassifier:
     if spec.model.ensemble > 1:
         backbone = SeedEnsemble([backbone, *(new_backbone() for _ in range(spec.model.ensemble - 1))])
     return AudioClassifier(
-        SpectrogramFrontend(spec.features, spec.audio.sample_rate),
-        BandNormalizer(spec.features.n_mels, spec.features.db_reference),
+        make_frontend(spec.features, spec.audio.sample_rate),
+        stages.normalizer,
         backbone,
+        inputs=stages.inputs,
+        views=stages.views,
     )
 
 

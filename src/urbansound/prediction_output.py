@@ -11,6 +11,12 @@ Formats (``top_k`` classes per result, most probable first):
 * ``csv``: per file one ``clip`` row (the whole recording) then one ``window`` row per window, columns
   ``file, scope, start_s, end_s, label_1, probability_1, ..., label_k, probability_k, error``; a failed file
   is one row with scope ``error`` and its reason.
+* ``tsv``: sound events in DCASE's format, ``file<TAB>onset<TAB>offset<TAB>event_label`` (implies events).
+
+A window or clip with no class says why in place of its label: ``silence`` (below the level floor, with its
+level in dBFS), ``too_short`` or ``unknown`` (below ``--min-confidence``). With events (``predict --events``)
+JSON adds ``"events": [{"event_label", "onset", "offset", "peak_probability"}]``, text one line per event
+and CSV one ``event`` row per event (label_1 its class, probability_1 its peak probability).
 """
 
 from __future__ import annotations
@@ -25,10 +31,12 @@ from typing import TextIO
 
 import soundfile
 
-from urbansound.inference import FileResult, Prediction
+from urbansound.config import EventConfig
+from urbansound.events import dcase_tsv, prediction_events
+from urbansound.inference import SILENCE, TOO_SHORT, FileResult, Prediction
 from urbansound.io_utils import atomic_write_text
 
-FORMATS = ("text", "json", "csv")
+FORMATS = ("text", "json", "csv", "tsv")
 
 
 # File extensions searched for in folders, per libsndfile format. Formats that need out-of-band parameters
@@ -70,8 +78,8 @@ def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     return paths
 
 
-def result_to_dict(result: FileResult, top_k: int) -> dict:
-    """The JSON object of one file (see the module docstring)."""
+def result_to_dict(result: FileResult, top_k: int, events: EventConfig | None = None) -> dict:
+    """The JSON object of one file (see the module docstring); with ``events``, its sound events too."""
     if result.prediction is None:
         return {
             "file": str(result.path),
@@ -80,10 +88,15 @@ def result_to_dict(result: FileResult, top_k: int) -> dict:
             "timeline": [],
             "error": result.error,
         }
-    return {"file": str(result.path), **result.prediction.to_dict(top_k=top_k), "error": None}
+    data = {"file": str(result.path), **result.prediction.to_dict(top_k=top_k), "error": None}
+    if events is not None:
+        data["events"] = [event.to_dict() for event in prediction_events(result.prediction, events)]
+    return data
 
 
-def format_text(result: FileResult, top_k: int, timeline: bool = False) -> str:
+def format_text(
+    result: FileResult, top_k: int, timeline: bool = False, events: EventConfig | None = None
+) -> str:
     """Human-readable lines for one file."""
     if result.prediction is None:
         reason = (result.error or "").removeprefix(f"{result.path}: ")  # the path starts the line already
@@ -91,25 +104,40 @@ def format_text(result: FileResult, top_k: int, timeline: bool = False) -> str:
     prediction: Prediction = result.prediction
     n = len(prediction.windows)
     lines = [f"{result.path}  ({prediction.duration_s:.2f} s, {n} window{'s' if n != 1 else ''})"]
-    lines += [f"  {name:<20s} {100 * p:5.1f} %" for name, p in prediction.top_k(top_k)]
+    if prediction.status in (SILENCE, TOO_SHORT):  # no class to list
+        lines.append(f"  {prediction.status:<20s} level {prediction.level_dbfs:.1f} dBFS")
+    else:
+        if prediction.status is not None:  # unknown: the classes it was unsure between follow
+            lines.append(f"  {prediction.status:<20s} (below the confidence floor)")
+        lines += [f"  {c['label']:<20s} {100 * c['score']:5.1f} %" for c in prediction.top_k(top_k)]
     if timeline:
         lines += [
-            f"    {w.start_s:8.2f}-{w.end_s:<8.2f} {w.label:<20s} {100 * w.probability:5.1f} %"
+            f"    {w.start_s:8.2f}-{w.end_s:<8.2f} {w.label:<20s} "
+            # a silent or too-short window's class probability means nothing: its level is what counts
+            + ("     - " if w.status in (SILENCE, TOO_SHORT) else f"{100 * w.probability:5.1f} %")
+            + ("" if w.level_dbfs is None else f"  {w.level_dbfs:6.1f} dBFS")
             for w in prediction.windows
+        ]
+    if events is not None:
+        lines += [
+            f"  event {e.onset_s:8.2f}-{e.offset_s:<8.2f} {e.label:<20s} "
+            f"peak {100 * e.peak_probability:5.1f} %"
+            for e in prediction_events(prediction, events)
         ]
     return "\n".join(lines) + "\n"
 
 
 def csv_header(top_k: int) -> list[str]:
     ranked = [column for i in range(1, top_k + 1) for column in (f"label_{i}", f"probability_{i}")]
-    return ["file", "scope", "start_s", "end_s", *ranked, "error"]
+    return ["file", "scope", "start_s", "end_s", *ranked, "status", "level_dbfs", "error"]
 
 
-def csv_rows(result: FileResult, top_k: int) -> list[list[str]]:
-    """One ``clip`` row and one ``window`` row per window, or one ``error`` row."""
+def csv_rows(result: FileResult, top_k: int, events: EventConfig | None = None) -> list[list[str]]:
+    """One ``clip`` row, one ``window`` row per window (and one ``event`` row per event), or one
+    ``error`` row."""
     empty = [""] * (2 * top_k)
     if result.prediction is None:
-        return [[str(result.path), "error", "", "", *empty, result.error or ""]]
+        return [[str(result.path), "error", "", "", *empty, "", "", result.error or ""]]
     prediction = result.prediction
 
     def ranked(probabilities: Sequence[float]) -> list[str]:
@@ -124,14 +152,33 @@ def csv_rows(result: FileResult, top_k: int) -> list[list[str]]:
             "0.0000",
             f"{prediction.duration_s:.4f}",
             *ranked(list(prediction.probabilities)),
+            *_status_cells(prediction.status, prediction.level_dbfs),
             "",
         ]
     ]
     rows += [
-        [str(result.path), "window", f"{w.start_s:.4f}", f"{w.end_s:.4f}", *ranked(list(w.probabilities)), ""]
+        [
+            str(result.path),
+            "window",
+            f"{w.start_s:.4f}",
+            f"{w.end_s:.4f}",
+            *ranked(list(w.probabilities)),
+            *_status_cells(w.status, w.level_dbfs),
+            "",
+        ]
         for w in prediction.windows
     ]
+    if events is not None:
+        rows += [
+            [str(result.path), "event", f"{e.onset_s:.4f}", f"{e.offset_s:.4f}", e.label]
+            + [f"{e.peak_probability:.6f}", *empty[2:], "", "", ""]
+            for e in prediction_events(prediction, events)
+        ]
     return rows
+
+
+def _status_cells(status: str | None, level_dbfs: float | None) -> list[str]:
+    return [status or "", "" if level_dbfs is None else f"{level_dbfs:.2f}"]
 
 
 def write_predictions(
@@ -141,8 +188,10 @@ def write_predictions(
     output: str | Path | None = None,
     timeline: bool = False,
     stream: TextIO | None = None,
+    events: EventConfig | None = None,
 ) -> list[FileResult]:
-    """Write every result in ``fmt`` to ``output`` (atomically) or ``stream`` (default stdout).
+    """Write every result in ``fmt`` to ``output`` (atomically) or ``stream`` (default stdout); with
+    ``events`` (always for ``tsv``), each recording's sound events too.
 
     Text and CSV to a stream are written as results arrive; JSON and files are written once complete.
     Returns the failed results, in order.
@@ -160,11 +209,15 @@ def write_predictions(
         if not result.ok:
             failed.append(result)
         if fmt == "json":
-            objects.append(result_to_dict(result, top_k))
+            objects.append(result_to_dict(result, top_k, events))
         elif writer is not None:
-            writer.writerows(csv_rows(result, top_k))
+            writer.writerows(csv_rows(result, top_k, events))
+        elif fmt == "tsv":
+            if result.prediction is not None:
+                found = prediction_events(result.prediction, events or EventConfig())
+                target.write(dcase_tsv((str(result.path), event) for event in found))
         else:
-            target.write(format_text(result, top_k, timeline))
+            target.write(format_text(result, top_k, timeline, events))
         target.flush()
     if fmt == "json":
         target.write(json.dumps(objects, indent=2) + "\n")

@@ -19,7 +19,7 @@ import json
 import sys
 import types
 import typing
-from collections.abc import Callable, Container, Iterator
+from collections.abc import Callable, Container, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -139,11 +139,14 @@ def add_setting_arguments(
     include: Callable[[str], bool] | None = None,
     required: Container[str] = (),
     titles: dict[str, str] | None = None,
+    alternatives: Mapping[str, Any] | None = None,
 ) -> dict[str, argparse._ArgumentGroup]:
     """Add a flag for every declared setting of ``cls`` (those ``include(path)`` accepts) to ``parser``.
 
-    ``defaults`` (an instance of ``cls``) supplies the defaults shown in ``--help``; the parsed namespace
-    holds only the flags given. Groups are titled by the field's ``group``, else ``titles[section]``.
+    ``defaults`` (an instance of ``cls``) supplies the defaults shown in ``--help``, and each of
+    ``alternatives`` (name -> instance, e.g. another recipe's settings) its value where that differs, as
+    ``(default: 22050; baseline recipe: 44100)``; the parsed namespace holds only the flags given.
+    Groups are titled by the field's ``group``, else ``titles[section]``.
     Returns the argument groups by title, so the caller can add its own flags to them.
     """
     groups: dict[str, argparse._ArgumentGroup] = {}
@@ -158,7 +161,12 @@ def add_setting_arguments(
         text = f.metadata["help"].replace("%", "%%")
         default = get_path(defaults, path)
         if default not in ("", {}):
-            text += f" (default: {_show(default)})"
+            others = [
+                f"; {name}: {_show(get_path(other, path))}"
+                for name, other in (alternatives or {}).items()
+                if get_path(other, path) != default
+            ]
+            text += f" (default: {_show(default)}{''.join(others)})"
         kwargs: dict[str, Any] = {"dest": path, "default": argparse.SUPPRESS, "help": text}
         if path in required:
             kwargs["required"] = True

@@ -7,6 +7,7 @@ random 64/16/20) measures memory, not generalisation. The official folds, or rec
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -85,10 +86,32 @@ def grouped_holdout(
     return sorted(indices[kept].tolist()), sorted(indices[held].tolist())
 
 
+def resolve_folds(config: SplitConfig, present: Sequence[int]) -> SplitConfig:
+    """``config`` with unset folds chosen from the ``present`` folds: the last tests, the one before it
+    validates (the one after, when the test fold is the first). A fold given is kept as given."""
+    present = sorted(present)
+    if config.method != "folds" or not present:
+        return config
+    test_fold = config.test_fold if config.test_fold is not None else present[-1]
+    val_fold = config.val_fold
+    if val_fold is None and config.val_fraction is None:
+        before = [f for f in present if f < test_fold]
+        after = [f for f in present if f > test_fold]
+        if not before and not after:
+            raise ConfigError(
+                f"fold {test_fold} is the only fold: nothing to validate on (use --val-fraction to validate "
+                "on part of the training recordings)"
+            )
+        val_fold = before[-1] if before else after[0]
+    return dataclasses.replace(config, test_fold=test_fold, val_fold=val_fold)
+
+
 def fold_split(records: Sequence[ClipRecord], config: SplitConfig, seed: int = 0) -> Split:
     """Split by the official folds: test on ``test_fold``; validate on ``val_fold`` or on a recording-grouped
-    ``val_fraction`` of the training folds; train on ``train_folds`` (default: every other fold present)."""
+    ``val_fraction`` of the training folds; train on ``train_folds`` (default: every other fold present).
+    Unset test and validation folds come from the data (:func:`resolve_folds`)."""
     present = sorted({r.fold for r in records})
+    config = resolve_folds(config, present)
     test_fold = config.test_fold
     if test_fold not in present:
         raise ConfigError(f"test fold {test_fold} has no clips; folds present: {present}")

@@ -12,6 +12,7 @@ from urbansound.data.audio import load_audio
 from urbansound.data.datasets import load_dataset
 from urbansound.evaluation.plots import ClassExample, plot_class_examples
 from urbansound.features.frontend import SpectrogramFrontend
+from urbansound.features.spectrogram import band_frequencies
 
 KIND_LABELS = {"mel_spec": "log-mel (dB)", "gammatone": "gammatonegram (dB)"}
 
@@ -42,6 +43,10 @@ def draw_class_examples(
                 sample_rate=audio.sample_rate,
                 spectrograms=spectrograms,
                 hop_length=features.hop_length,
+                band_hz={
+                    label: band_frequencies(frontends[kind].config, audio.sample_rate)
+                    for kind, label in KIND_LABELS.items()
+                },
             )
         )
     return plot_class_examples(examples, Path(out))

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from urbansound.config import SELECT_EPOCH_TEXT
 from urbansound.io_utils import atomic_write_bytes, atomic_write_text
 from urbansound.training.run_folder import RunFolder
 
@@ -23,8 +24,10 @@ logger = logging.getLogger(__name__)
 
 # Files a run folder holds, linked from the report (relative links, so the folder can be moved).
 RUN_FILES = (
-    (RunFolder.HISTORY_PLOT, "loss and accuracy per epoch"),
+    (RunFolder.HISTORY_PLOT, "training and validation loss and accuracy per epoch, the kept epoch marked"),
     (RunFolder.CONFUSION_PLOT, "row-normalised test confusion matrix"),
+    (RunFolder.RELIABILITY_PLOT, "test reliability diagram before and after temperature scaling"),
+    (RunFolder.TEST_PREDICTIONS, "each test clip's true and predicted class and class probabilities"),
     (RunFolder.METRICS, "all metrics, including the raw confusion matrix"),
     (RunFolder.HISTORY, "per-epoch losses and accuracies"),
     (RunFolder.CONFIG, "the resolved configuration of this run"),
@@ -76,6 +79,12 @@ def render_report(
     sizes = split.get("sizes") or {}
 
     lines = [f"# Run report: {run_name}", "", "## What was trained", ""]
+    recipe = config.get("recipe")
+    lines.append(
+        f"- **Recipe:** `{recipe}` (flags given explicitly override it; {RunFolder.CONFIG} has every setting)"
+        if recipe
+        else f"- **Recipe:** none (settings from a configuration file or flags; see {RunFolder.CONFIG})"
+    )
 
     model_name = model.get("name", "n/a")
     model_kwargs = model.get("kwargs") or {}
@@ -115,6 +124,7 @@ def render_report(
     ]
     extra = ", ".join(bit for bit in training_bits if bit)
     lines.append(epochs_line + (f"; {extra}" if extra else ""))
+    lines.append(f"- **Augmentation:** {augmentation_text(_section(config, 'augment'))}")
 
     size_text = ", ".join(f"{part} {sizes[part]}" for part in ("train", "val", "test") if part in sizes)
     lines.append(f"- **Split:** {split_description}" + (f" (clips: {size_text})" if size_text else ""))
@@ -122,7 +132,7 @@ def render_report(
     if data_dir:
         lines.append(f"- **Data:** `{data_dir}`")
 
-    lines += _results_lines(metrics, training, history, split_description)
+    lines += _results_lines(metrics, training, history)
     lines += _files_lines()
     return "\n".join(lines)
 
@@ -131,9 +141,8 @@ def _results_lines(
     metrics: Mapping[str, Any],
     training: Mapping[str, Any],
     history: Sequence[Mapping[str, float]],
-    split_description: str,
 ) -> list[str]:
-    """The report's results: test scores, the kept epoch, per-class scores."""
+    """The report's results: test scores, the kept epoch, per-class scores (the split is named above)."""
     test = metrics.get("test") or {}
     best_epoch = metrics.get("best_epoch")
     val_accuracy = metrics.get("val_accuracy")
@@ -146,18 +155,27 @@ def _results_lines(
         "",
         "## Results",
         "",
-        f"- **Test accuracy ({split_description}):** {_percent(metrics.get('test_accuracy'))}"
+        f"- **Test accuracy:** {_percent(metrics.get('test_accuracy'))}"
         + (f" on {n_clips} clips" if n_clips is not None else ""),
-        f"- **Test macro-F1 ({split_description}):** {_fixed(metrics.get('test_macro_f1'))}",
-        f"- **Epoch kept ({_SELECTION_TEXT.get(training.get('select_epoch', 'val_accuracy'), 'n/a')}):** "
+        f"- **Test macro-F1:** {_fixed(metrics.get('test_macro_f1'))}",
+        f"- **Epoch kept ({SELECT_EPOCH_TEXT.get(training.get('select_epoch', 'val_accuracy'), 'n/a')}):** "
         f"{best_epoch if best_epoch is not None else 'n/a'}, validation accuracy {_percent(val_accuracy)}",
     ]
+    calibration = metrics.get("calibration")
+    if calibration:
+        lines.append(
+            f"- **Calibration:** temperature {calibration['temperature']:.2f} fitted on the "
+            f"{calibration['fitted_on']}; test expected calibration error "
+            f"{_percent(calibration['test_ece_before'])} before, "
+            f"{_percent(calibration['test_ece_after'])} after "
+            f"([{RunFolder.RELIABILITY_PLOT}]({RunFolder.RELIABILITY_PLOT}))"
+        )
 
     per_class = test.get("per_class") or {}
     if per_class:
         lines += [
             "",
-            f"### Per class ({split_description})",
+            "### Per class (test set)",
             "",
             "| class | precision | recall | F1 | clips |",
             "|---|---:|---:|---:|---:|",
@@ -185,6 +203,35 @@ def _files_lines() -> list[str]:
     return lines
 
 
+def augmentation_text(augment: Mapping[str, Any]) -> str:
+    """What augmentation a run used, in words (``config["augment"]``), or "none"."""
+    parts = []
+    if augment.get("variants"):
+        kinds = [
+            name
+            for key, name in (
+                ("time_stretch", "time stretch"),
+                ("pitch_shift", "pitch shift"),
+                ("time_shift", "time shift"),
+                ("gain_db", "gain"),
+                ("noise_snr_db", "white noise"),
+            )
+            if augment.get(key)
+        ]
+        parts.append(
+            f"{augment['variants']} precomputed variants per training clip ({', '.join(kinds)}), "
+            "one version drawn per clip and epoch"
+        )
+    if augment.get("freq_masks") or augment.get("time_masks"):
+        masks = f"{augment.get('freq_masks', 0)} frequency, {augment.get('time_masks', 0)} time masks"
+        parts.append(f"SpecAugment ({masks})")
+    if augment.get("mixup_alpha"):
+        parts.append(f"mixup (alpha {augment['mixup_alpha']}, {augment.get('mixup_domain', 'n/a')} domain)")
+    if augment.get("filter_gain_db"):
+        parts.append(f"FilterAugment (up to +-{augment['filter_gain_db']} dB)")
+    return "; ".join(parts) if parts else "none"
+
+
 def _section(config: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     """``config[key]`` if it is a mapping, else an empty one."""
     value = config.get(key)
@@ -193,13 +240,6 @@ def _section(config: Mapping[str, Any], key: str) -> Mapping[str, Any]:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-
-
-_SELECTION_TEXT = {
-    "val_accuracy": "best validation accuracy",
-    "val_loss": "lowest validation loss",
-    "last": "the last epoch",
-}
 
 
 def _percent(value: Any) -> str:

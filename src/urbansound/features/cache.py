@@ -45,8 +45,8 @@ from urbansound.config import AudioConfig, AugmentConfig, FeatureConfig
 from urbansound.data.audio import load_audio_or_reason
 from urbansound.data.metadata import Problem
 from urbansound.errors import DataError
-from urbansound.features.frontend import SpectrogramFrontend
-from urbansound.io_utils import atomic_output, atomic_write_text
+from urbansound.features.frontend import make_frontend
+from urbansound.io_utils import atomic_output, atomic_write_text, format_bytes
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -55,6 +55,8 @@ T = TypeVar("T")
 FEATURE_CODE_VERSION = 1
 # Bump when the variant code changes its output for the same settings.
 VARIANT_ENGINE_VERSION = 2
+# In each settings folder: the settings its entries were made with (what marks a folder as the cache's).
+SETTINGS_FILE = "settings.json"
 
 
 class _Progress:
@@ -303,7 +305,7 @@ class FeatureCache:
         self.dtype = dtype
         self.np_dtype = np.dtype(dtype)
         self.directory = Path(root) / settings_hash(audio, features, dtype)
-        self.frontend = SpectrogramFrontend(features, audio.sample_rate)
+        self.frontend = make_frontend(features, audio.sample_rate)
         self.n_bands = features.n_mels
         self.n_frames = self.frontend.n_frames(audio.n_samples)
 
@@ -311,7 +313,7 @@ class FeatureCache:
         return self.directory / "entries" / key[:2] / f"{key}.npy"
 
     def _write_settings(self) -> None:
-        path = self.directory / "settings.json"
+        path = self.directory / SETTINGS_FILE
         if not path.exists():
             self.directory.mkdir(parents=True, exist_ok=True)
             text = json.dumps(
@@ -395,7 +397,7 @@ class FeatureCache:
         logger.info("computed features of %d clip(s) into %s", len(paths) - len(failed), self.directory)
         return failed
 
-    def frontend_on(self, device: torch.device) -> SpectrogramFrontend:
+    def frontend_on(self, device: torch.device) -> torch.nn.Module:
         """The cache's front end on ``device``: the CPU one itself, a new copy for any other device.
 
         Never ``self.frontend.to(device)``: that moves the shared module in place, and the next caller that
@@ -403,7 +405,7 @@ class FeatureCache:
         """
         if device.type == "cpu":
             return self.frontend
-        return SpectrogramFrontend(self.features, self.audio.sample_rate).to(device)
+        return make_frontend(self.features, self.audio.sample_rate).to(device)
 
     def variant_path(self, key: str, augment: AugmentConfig, seed: int) -> Path:
         return self.directory / "variants" / variants_hash(augment, seed) / key[:2] / f"{key}.npy"
@@ -511,6 +513,18 @@ class FeatureCache:
         todo = [i for i, key in enumerate(keys) if not self._entry_present(kind, key)]
         if not todo:
             return {}
+        # Said before the work, so whoever watches a long first build knows which disk fills and by how much.
+        row_bytes = math.prod(kind.shape) * self.np_dtype.itemsize
+        logger.info(
+            "writing a %s for each of %d clip(s) into %s: about %s, and %s for the pack of all %d clips "
+            "(`urbansound cache info` lists the cache; `urbansound cache clear` empties it)",
+            kind.what,
+            len(todo),
+            self.directory,
+            format_bytes(len(todo) * row_bytes),
+            format_bytes(len(keys) * row_bytes),
+            len(keys),
+        )
         failed = kind.compute([paths[i] for i in todo], [keys[i] for i in todo])
         return {todo[i]: problem for i, problem in failed.items()}
 

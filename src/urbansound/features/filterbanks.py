@@ -61,7 +61,7 @@ def mel_filterbank(
     """
     f_max = sample_rate / 2 if f_max is None else f_max
     bins = fft_frequencies(sample_rate, n_fft)
-    edges = mel_to_hz(np.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2))
+    edges = mel_band_edges(n_mels, f_min, f_max)
     widths = np.diff(edges)
     ramps = edges[:, None] - bins[None, :]
     lower = -ramps[:-2] / widths[:-1, None]
@@ -70,6 +70,12 @@ def mel_filterbank(
     # Slaney normalisation: each filter has unit area in Hz, so bands carry comparable energy.
     weights *= (2.0 / (edges[2:] - edges[:-2]))[:, None]
     return weights.astype(np.float32)
+
+
+def mel_band_edges(n_mels: int, f_min: float, f_max: float) -> np.ndarray:
+    """The ``n_mels + 2`` corner frequencies (Hz) of the triangular mel filters, equally spaced in mel:
+    filter ``i`` rises from edge ``i``, peaks at edge ``i + 1`` (its centre) and falls to edge ``i + 2``."""
+    return mel_to_hz(np.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2))
 
 
 def erb(freq: np.ndarray | float) -> np.ndarray:
@@ -92,6 +98,12 @@ def gammatone_center_frequencies(n_bands: int, f_min: float, f_max: float) -> np
     return erb_rate_to_hz(np.linspace(hz_to_erb_rate(f_min), hz_to_erb_rate(f_max), n_bands))
 
 
+def gammatone_bank_centers(n_bands: int, f_min: float, f_max: float) -> np.ndarray:
+    """Centre frequencies (Hz) of :func:`gammatone_filterbank`'s bands: from ``GAMMATONE_MIN_HZ`` at the
+    lowest."""
+    return gammatone_center_frequencies(n_bands, max(f_min, GAMMATONE_MIN_HZ), f_max)
+
+
 def gammatone_filterbank(
     sample_rate: int, n_fft: int, n_bands: int = 64, f_min: float = 0.0, f_max: float | None = None
 ) -> np.ndarray:
@@ -106,7 +118,7 @@ def gammatone_filterbank(
         float32 array ``(n_bands, n_fft // 2 + 1)``.
     """
     f_max = sample_rate / 2 if f_max is None else f_max
-    centers = gammatone_center_frequencies(n_bands, max(f_min, GAMMATONE_MIN_HZ), f_max)
+    centers = gammatone_bank_centers(n_bands, f_min, f_max)
     bins = fft_frequencies(sample_rate, n_fft)
     bandwidth = _BW_FACTOR * erb(centers)
     offset = (bins[None, :] - centers[:, None]) / bandwidth[:, None]

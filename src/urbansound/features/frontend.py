@@ -85,3 +85,14 @@ def __getattr__(name: str) -> object:
 
         return AudioClassifier
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def make_frontend(config: FeatureConfig, sample_rate: int) -> nn.Module:
+    """The front end of ``config.kind``: :class:`SpectrogramFrontend` (log-mel, gammatone) or, for a
+    pretrained network's kind, :class:`~urbansound.features.pretrained.PretrainedFrontend`. Both map waveforms
+    ``(batch, samples)`` to ``(batch, n_bands, frames)`` and have ``n_frames(n_samples)``."""
+    from urbansound.features.pretrained import PRETRAINED_KINDS, PretrainedFrontend
+
+    if config.kind in PRETRAINED_KINDS:
+        return PretrainedFrontend(config, sample_rate)
+    return SpectrogramFrontend(config, sample_rate)

@@ -10,7 +10,12 @@ import numpy as np
 import torch
 
 from urbansound.config import FeatureConfig
-from urbansound.features.filterbanks import gammatone_filterbank, mel_filterbank
+from urbansound.features.filterbanks import (
+    gammatone_bank_centers,
+    gammatone_filterbank,
+    mel_band_edges,
+    mel_filterbank,
+)
 
 # Floor of the power before log10: 1e-10 is -100 dB, librosa's amin.
 AMIN = 1e-10
@@ -61,6 +66,15 @@ def filterbank_matrix(config: FeatureConfig, sample_rate: int) -> np.ndarray:
     """The ``(n_bands, n_fft // 2 + 1)`` matrix for ``config.kind``."""
     maker = mel_filterbank if config.kind == "mel_spec" else gammatone_filterbank
     return maker(sample_rate, config.n_fft, config.n_mels, config.f_min, config.f_max)
+
+
+def band_frequencies(config: FeatureConfig, sample_rate: int) -> np.ndarray:
+    """Centre frequency (Hz) of each of the ``config.n_mels`` bands of ``config.kind``, lowest first: what a
+    plot's frequency axis puts beside band ``i``."""
+    f_max = config.f_max if config.f_max is not None else sample_rate / 2
+    if config.kind == "mel_spec":
+        return mel_band_edges(config.n_mels, config.f_min, f_max)[1:-1]
+    return gammatone_bank_centers(config.n_mels, config.f_min, f_max)
 
 
 def log_filterbank_spectrogram(

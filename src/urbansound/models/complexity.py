@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
+from urbansound.config import AudioConfig, FeatureConfig, ModelConfig
 from urbansound.errors import ConfigError
 
 
@@ -110,3 +111,44 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
         for handle in handles:
             handle.remove()
     return total // input_shape[0]
+
+
+def render_model_costs(
+    audio: AudioConfig, features: FeatureConfig, model: ModelConfig, recipe: str, n_classes: int = 10
+) -> str:
+    """A table of every registered model's parameters and MACs per clip at these features; ``model`` (the
+    recipe's) is priced with its options (e.g. the default recipe's quarter widths) and its ensemble size,
+    the others with their own defaults."""
+    from urbansound.models.registry import create_model, list_models
+
+    frames = 1 + audio.n_samples // features.hop_length
+    width = max(12, *(len(name) for name in list_models()))  # the model column
+    lines = [
+        f"per {audio.duration:g} s clip at {audio.sample_rate} Hz: {features.n_mels} bands x {frames} frames "
+        f"({recipe} recipe)",
+        f"{'model':{width}s} {'parameters':>12s} {'MACs':>10s}",
+    ]
+    shape = (1, 1, features.n_mels, frames)
+    total = (0, 0)  # the recipe's model: parameters and MACs of all its members
+    for name in list_models():
+        options = model.kwargs if name == model.name else {}
+        try:
+            network = create_model(name, n_classes=n_classes, n_bands=features.n_mels, **options)
+        except ConfigError as error:  # e.g. a family configured by the checkpoint it starts from
+            lines.append(f"{name:{width}s} {'-':>12s} {'-':>10s}  (not priced: {error})")
+            continue
+        parameters, macs = count_parameters(network), count_macs(network, shape)
+        line = f"{name:{width}s} {parameters:>12,d} {macs / 1e6:>9,.0f}M"
+        if name == model.name:
+            shown = ", ".join(f"{key}={value}" for key, value in options.items())
+            line += f"  * {shown}" if shown else "  *"
+            total = (model.ensemble * parameters, model.ensemble * macs)
+        lines.append(line)
+    if model.name in list_models():
+        members = f"an ensemble of {model.ensemble}" if model.ensemble > 1 else "one model"
+        options = " with its options" if model.kwargs else ""
+        lines.append(
+            f"* the {recipe} recipe's model{options}; it trains {members}: "
+            f"{total[0]:,d} parameters, {total[1] / 1e6:,.0f}M MACs per clip"
+        )
+    return "\n".join(lines)

@@ -52,6 +52,7 @@ class ResNet(nn.Module):
         widths: channels of the four stages (the stem has ``widths[0]``).
         layers: BasicBlocks per stage; ``(2, 2, 2, 2)`` is ResNet-18.
         dropout: dropout probability before the classifier.
+        in_channels: input channels (1: the spectrogram; more with deltas or a band-position channel).
 
     Stages 2-4 halve both axes, so with the stem's pool the last map is 1/16 of the input per axis; global
     average pooling then makes the output independent of the number of frames.
@@ -65,6 +66,7 @@ class ResNet(nn.Module):
         widths: Sequence[int] = (32, 64, 128, 256),
         layers: Sequence[int] = (2, 2, 2, 2),
         dropout: float = 0.2,
+        in_channels: int = 1,
     ) -> None:
         super().__init__()
         if len(widths) != len(layers) or not widths or min(layers) < 1:
@@ -73,7 +75,7 @@ class ResNet(nn.Module):
                 f"got widths={list(widths)}, layers={list(layers)}"
             )
         self.stem = nn.Sequential(
-            nn.Conv2d(1, widths[0], kernel_size=3, padding=1, bias=False),
+            nn.Conv2d(in_channels, widths[0], kernel_size=3, padding=1, bias=False),
             nn.BatchNorm2d(widths[0]),
             nn.ReLU(inplace=True),
             # Light pool: quarters the cost of every later layer; ceil_mode so a 1-frame clip survives.

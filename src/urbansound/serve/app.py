@@ -1,7 +1,9 @@
 """The HTTP service: ``create_app(model_path)`` returns a FastAPI app that classifies uploaded recordings.
 
-Endpoints: ``POST /classify`` (multipart upload, field ``file``), ``GET /health``, ``GET /classes``,
-``GET /`` (a single page to try it in a browser) and ``GET /openapi.json`` (the API description).
+Endpoints: ``POST /classify`` (multipart upload, field ``file``; ``events=true`` adds sound events),
+``GET /health``, ``GET /classes``, ``GET /`` (a single page to try it in a browser), ``GET /openapi.json``
+(the API description) and the WebSocket ``/stream`` (live audio in, one result per hop out: see
+:func:`_add_stream_route`).
 
 Every rejected request gets a 4xx with a JSON ``detail`` naming the problem, never a stack trace:
 
@@ -21,24 +23,33 @@ with a lock while decoding and resampling of concurrent requests proceed in para
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import tempfile
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 import soundfile
-from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile, WebSocket, WebSocketDisconnect
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from urbansound import __version__
+from urbansound.config import EventConfig
 from urbansound.data.audio import resampled_length, stream_audio
-from urbansound.errors import DataError, ResourceError
+from urbansound.errors import ConfigError, DataError, ResourceError
+from urbansound.events import prediction_events
+from urbansound.features.spectrogram import band_frequencies
 from urbansound.inference import Predictor
+from urbansound.live import LiveClassifier
+from urbansound.serve.examples import describe_model, find_examples
+from urbansound.serve.schemas import Classes, ClassifyResponse, Example, Examples, Health
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +59,8 @@ DEFAULT_MAX_DURATION_S = 600.0  # 10 min: bounds decode memory and compute per r
 MULTIPART_SLACK_BYTES = 64 * 2**10
 # Resolution of the page's pictures: waveform envelope columns and spectrogram frames at most.
 ENVELOPE_POINTS = 800
+# A raw audio body is held in memory up to this size, then on disk: Starlette's choice for multipart files.
+RAW_BODY_SPOOL_BYTES = 2**20
 SPECTROGRAM_FRAMES = 400
 
 
@@ -171,6 +184,7 @@ class StreamingVisuals:
         self._low = np.full(points, np.inf, dtype=np.float32)
         self._high = np.full(points, -np.inf, dtype=np.float32)
         config = predictor.model.frontend.config
+        self._features = config
         self._n_fft, self._hop, self._top_db = config.n_fft, config.hop_length, config.top_db
         self._n_frames = 1 + self.n_samples // self._hop  # centred frames, as the front end counts them
         columns = min(SPECTROGRAM_FRAMES, self._n_frames)
@@ -234,6 +248,8 @@ class StreamingVisuals:
                 "n_frames": int(features.shape[1]),
                 "min_db": float(features.min()),
                 "max_db": float(features.max()),
+                # for the page's frequency axis
+                "band_hz": np.round(band_frequencies(self._features, self.predictor.sample_rate), 1).tolist(),
             },
         }
 
@@ -246,9 +262,10 @@ def classify_upload(
     top_k: int = 5,
     hop: float | None = None,
     visuals: bool = False,
+    events: EventConfig | None = None,
 ) -> dict[str, Any]:
     """The JSON response for one spooled upload: its header checked, then classified (and with
-    ``visuals``, drawn) block by block from the file.
+    ``visuals``, drawn; with ``events``, its sound events listed) block by block from the file.
 
     Raises:
         HTTPException: 400, 413, 415 from the header (:func:`probe_upload`); 422 for undecodable or
@@ -276,6 +293,8 @@ def classify_upload(
     }
     if drawing is not None:
         result.update(drawing.result())
+    if events is not None:
+        result["events"] = [event.to_dict() for event in prediction_events(prediction, events)]
     logger.info(
         "classified %s (%.1f s): %s %.2f in %.0f ms",
         filename,
@@ -292,10 +311,18 @@ def create_app(
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     max_duration_s: float = DEFAULT_MAX_DURATION_S,
     device: str = "cpu",
+    reject: dict[str, Any] | None = None,
+    examples_dir: str | Path | None = None,
 ) -> FastAPI:
-    """Build the service for one model file (loaded once, here; DataError if it is unreadable)."""
+    """Build the service for one model file (loaded once, here; DataError if it is unreadable);
+    ``reject`` holds ``RejectConfig`` fields that replace the model file's (silence floor, shortest
+    input, confidence floor). ``examples_dir``: a folder of example clips the page offers
+    (:func:`~urbansound.serve.examples.find_examples`)."""
     predictor = Predictor.from_file(model_path, device=device)
-    model_name = Path(model_path).name
+    predictor.reject = replace(predictor.reject, **(reject or {}))
+    predictor.reject.validate()
+    model_name, run = describe_model(model_path)
+    examples = find_examples(examples_dir) if examples_dir is not None else {}
     page = resources.files("urbansound.serve").joinpath("static/index.html").read_text(encoding="utf-8")
     app = FastAPI(
         title="urbansound",
@@ -310,8 +337,10 @@ def create_app(
     app.add_middleware(BodySizeLimit, max_bytes=max_upload_bytes + MULTIPART_SLACK_BYTES)
     app.add_exception_handler(Exception, internal_error)
     # Registration order is the order of the paths in /openapi.json.
-    _add_info_routes(app, predictor, model_name, page, max_upload_bytes, max_duration_s)
+    _add_info_routes(app, predictor, model_name, page, max_upload_bytes, max_duration_s, run)
+    _add_example_routes(app, examples)
     _add_classify_route(app, predictor, max_upload_bytes, max_duration_s)
+    _add_stream_route(app, predictor)
     return app
 
 
@@ -328,18 +357,21 @@ def _add_info_routes(
     page: str,
     max_upload_bytes: int,
     max_duration_s: float,
+    run: str | None = None,
 ) -> None:
-    """Register ``GET /`` (the browser page), ``GET /health`` and ``GET /classes``."""
+    """Register ``GET /`` (the browser page), ``GET /health`` and ``GET /classes``; ``run`` names the run
+    folder the model comes from."""
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> str:
         return page
 
-    @app.get("/health", summary="Liveness and the loaded model")
+    @app.get("/health", summary="Liveness and the loaded model", response_model=Health)
     async def health() -> dict[str, Any]:
         return {
             "status": "ok",
             "model": model_name,
+            "run": run,
             "n_classes": len(predictor.class_names),
             "sample_rate": predictor.sample_rate,
             "window_s": predictor.window_s,
@@ -347,9 +379,29 @@ def _add_info_routes(
             "max_duration_s": max_duration_s,
         }
 
-    @app.get("/classes", summary="The model's class names, in output order")
+    @app.get("/classes", summary="The model's class names, in output order", response_model=Classes)
     async def classes() -> dict[str, list[str]]:
         return {"classes": predictor.class_names}
+
+
+def _add_example_routes(app: FastAPI, examples: dict[str, Path]) -> None:
+    """Register ``GET /examples`` (the clips bundled with ``serve --examples DIR``) and
+    ``GET /examples/{name}`` (one of them; only the listed names are served, so no path leaves the folder)."""
+
+    @app.get("/examples", summary="Example clips the page offers", response_model=Examples)
+    async def list_examples() -> dict[str, Any]:
+        return {
+            "examples": [
+                Example(name=name, url=f"examples/{name}", bytes=path.stat().st_size)
+                for name, path in examples.items()
+            ]
+        }
+
+    @app.get("/examples/{name}", summary="One example clip", response_class=FileResponse)
+    async def example(name: str) -> FileResponse:
+        if name not in examples:
+            raise HTTPException(status_code=404, detail=f"no example clip named {name!r}")
+        return FileResponse(examples[name], filename=name)
 
 
 def _add_classify_route(
@@ -362,7 +414,9 @@ def _add_classify_route(
         summary="Classify an uploaded recording",
         description=(
             "Upload a sound file (any format libsndfile reads: WAV, FLAC, OGG, ...; any sample rate, mono "
-            "or stereo) as the multipart field `file`. Returns the clip-level result (mean of the windows' "
+            "or stereo) as the multipart field `file`, or send it as the request body with "
+            "`Content-Type: audio/*` (`curl --data-binary @clip.wav -H 'Content-Type: audio/wav'`). "
+            "Returns the clip-level result (mean of the windows' "
             "probabilities) and the per-window timeline; with `visuals=true` also a waveform envelope and "
             "the model's spectrogram in dB."
         ),
@@ -373,22 +427,64 @@ def _add_classify_route(
             422: {"description": "missing file, bad parameters, NaN samples or damaged audio"},
             503: {"description": "the model's device is out of memory"},
         },
+        response_model=ClassifyResponse,
+        response_model_exclude_unset=True,  # parts not asked for (waveform, events) are absent, not null
+        # The raw-body alternative to the multipart form, added beside it in the request body's content.
+        openapi_extra={
+            "requestBody": {"content": {"audio/*": {"schema": {"type": "string", "format": "binary"}}}}
+        },
     )
     async def classify(
-        file: UploadFile = File(..., description="the recording"),
+        request: Request,
+        file: UploadFile | None = File(None, description="the recording (or send it as an audio/* body)"),
         top_k: int = Query(5, ge=1, le=1000, description="classes listed in clip.top_k"),
         hop: float | None = Query(
             None, gt=0, le=3600, description="seconds between window starts (default: half a window)"
         ),
         visuals: bool = Query(False, description="add waveform envelope and spectrogram (for the page)"),
+        events: bool = Query(False, description="add sound events (class, onset, offset, peak probability)"),
+        event_threshold: float = Query(
+            EventConfig.threshold, gt=0, le=1, description="probability at which a class is active"
+        ),
     ) -> dict[str, Any]:
-        # The upload stays in Starlette's spooled temporary file (on disk past 1 MiB), never in bytes here.
-        size = file.size if file.size is not None else await run_in_threadpool(upload_size, file.file)
-        check_upload_size(size, max_upload_bytes)
-        filename = file.filename or "upload"
-        return await run_in_threadpool(
-            classify_upload, predictor, file.file, filename, max_duration_s, top_k, hop, visuals
+        event_config = EventConfig(threshold=event_threshold) if events else None
+        with contextlib.ExitStack() as stack:
+            # Either way the recording stays in a spooled temporary file (on disk past 1 MiB), never in bytes.
+            if file is None:  # a raw audio/* body
+                upload, filename = stack.enter_context(await spool_audio_body(request)), "upload"
+                size = await run_in_threadpool(upload_size, upload)
+            else:
+                upload, filename = file.file, file.filename or "upload"
+                size = file.size if file.size is not None else await run_in_threadpool(upload_size, upload)
+            check_upload_size(size, max_upload_bytes)
+            arguments = (upload, filename, max_duration_s, top_k, hop, visuals, event_config)
+            return await run_in_threadpool(classify_upload, predictor, *arguments)
+
+
+async def spool_audio_body(request: Request) -> BinaryIO:
+    """The request body of a raw-audio POST (``Content-Type: audio/*``) in a temporary file spooled as
+    multipart uploads are (memory up to 1 MiB, then disk); the caller closes it. Its size was bounded by
+    :class:`BodySizeLimit` while it arrived.
+
+    Raises:
+        HTTPException: 422 when the request is neither multipart with a ``file`` nor audio.
+    """
+    content_type = request.headers.get("content-type", "")
+    if not content_type.lower().startswith("audio/"):
+        raise HTTPException(
+            status_code=422,
+            detail="no recording: send it as the multipart field `file` or as the request body with "
+            f"Content-Type audio/* (got {content_type or 'no Content-Type'})",
         )
+    body = tempfile.SpooledTemporaryFile(max_size=RAW_BODY_SPOOL_BYTES)  # noqa: SIM115  (the caller closes it)
+    try:
+        async for chunk in request.stream():
+            await run_in_threadpool(body.write, chunk)  # past the spool size this is a disk write
+    except BaseException:
+        body.close()
+        raise
+    body.seek(0)
+    return body
 
 
 def check_upload_size(size: int, max_upload_bytes: int) -> None:
@@ -399,3 +495,34 @@ def check_upload_size(size: int, max_upload_bytes: int) -> None:
         raise HTTPException(
             status_code=413, detail=f"upload too large: the limit is {max_upload_bytes / 2**20:.1f} MiB"
         )
+
+
+def _add_stream_route(app: FastAPI, predictor: Predictor) -> None:
+    """Register the WebSocket ``/stream``: live classification, one JSON result per hop.
+
+    The client sends binary messages of little-endian float32 mono samples at the model's sample rate
+    (``GET /health`` says which), in chunks of any size; the server answers each completed hop with a JSON
+    text message (:meth:`~urbansound.live.HopResult.to_dict`: index, start_s, end_s, label, probability,
+    status, level_dbfs, latency_ms, top_k), in order. Query parameters: ``hop`` (seconds; default half a
+    window) and ``top_k``. A bad message closes the connection with code 1003 and the reason.
+    """
+
+    @app.websocket("/stream")
+    async def stream(websocket: WebSocket, hop: float | None = None, top_k: int = 3) -> None:
+        await websocket.accept()
+        try:
+            if hop is not None and not 0 < hop <= 3600:
+                raise ConfigError(f"hop must be in (0, 3600] seconds, got {hop}")
+            live = LiveClassifier(predictor, hop=hop, top_k=max(1, top_k))
+            while True:
+                data = await websocket.receive_bytes()
+                if len(data) % 4:
+                    raise ConfigError(f"a message of {len(data)} bytes is not float32 samples (4 bytes each)")
+                chunk = np.frombuffer(data, dtype="<f4")
+                for result in await run_in_threadpool(live.push, chunk):
+                    await websocket.send_json(result.to_dict())
+        except WebSocketDisconnect:
+            return
+        except (ConfigError, KeyError) as error:  # KeyError: a text message where samples were expected
+            reason = str(error) if isinstance(error, ConfigError) else "expected binary float32 samples"
+            await websocket.close(code=1003, reason=reason[:120])  # close reasons are at most 123 bytes

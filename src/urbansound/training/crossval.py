@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 
 def fold_dir(out_dir: Path, fold: int) -> Path:
-    return out_dir / f"fold{fold:02d}"
+    return RunFolder(out_dir).fold_folder(fold).path
 
 
 def validation_fold(test_fold: int, present: list[int]) -> int:
@@ -192,11 +192,13 @@ def render_summary(summary: dict[str, Any]) -> str:
             f"| {r['fold']} | {100 * r['test_accuracy']:.1f}% | {r['test_macro_f1']:.3f} | "
             f"{100 * r['val_accuracy']:.1f}% | {r['best_epoch']} | {r['epochs_run']} | {r['n_test']} |"
         )
+    accuracies = [r["test_accuracy"] for r in summary["folds"]]
+    f1s = [r["test_macro_f1"] for r in summary["folds"]]
+    spread = "mean ± sample std" if len(accuracies) > 1 else "one fold: no spread to show"
     lines += [
         "",
-        f"**Accuracy {100 * summary['accuracy_mean']:.1f}% ± {100 * summary['accuracy_std']:.1f}**, "
-        f"macro-F1 {summary['macro_f1_mean']:.3f} ± {summary['macro_f1_std']:.3f} "
-        f"(mean ± sample std over {len(summary['folds'])} fold(s)).",
+        f"**Accuracy {_mean_std(accuracies, 100, '.1f', '%')}**, macro-F1 {_mean_std(f1s, 1, '.3f', '')} "
+        f"({spread} over {len(accuracies)} fold(s)).",
         "",
         "## Per-class F1 (all test folds pooled)",
         "",
@@ -220,6 +222,14 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 # Settings that name where a run lives rather than how it was trained.
 _IGNORED_KEYS = {"name", "runs_dir", "cache_dir", "annotations", "data_dir", "recipe"}
+
+
+def _mean_std(values: list[float], scale: float, number: str, unit: str) -> str:
+    """``mean ± sample std`` of ``values`` (times ``scale``); a single value alone, as it has no spread."""
+    mean = f"{scale * statistics.fmean(values):{number}}{unit}"
+    if len(values) < 2:
+        return mean
+    return f"{mean} ± {scale * statistics.stdev(values):{number}}"
 
 
 def compare_runs(paths: list[Path]) -> str:
@@ -251,21 +261,29 @@ def compare_runs(paths: list[Path]) -> str:
         cells = [f"{100 * acc[fold]:.1f}%" if fold in acc else "–" for _, acc, _, _ in columns]
         lines.append(f"| {fold or 'random'} | " + " | ".join(cells) + " |")
 
-    def mean_std(values: list[float]) -> str:
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
-        return f"{100 * statistics.fmean(values):.1f}% ± {100 * std:.1f}"
-
     lines.append(
-        "| **accuracy** | " + " | ".join(mean_std(list(a.values())) for _, a, _, _ in columns) + " |"
+        "| **accuracy** | "
+        + " | ".join(_mean_std(list(a.values()), 100, ".1f", "%") for _, a, _, _ in columns)
+        + " |"
     )
     lines.append(
         "| **macro-F1** | "
-        + " | ".join(
-            f"{statistics.fmean(f.values()):.3f} ± {statistics.stdev(f.values()) if len(f) > 1 else 0.0:.3f}"
-            for _, _, f, _ in columns
-        )
+        + " | ".join(_mean_std(list(f.values()), 1, ".3f", "") for _, _, f, _ in columns)
         + " |"
     )
+    tested = {name: sorted(acc) for name, acc, _, _ in columns}
+    if len({tuple(folds) for folds in tested.values()}) > 1:
+        listing = "; ".join(
+            f"{name}: {', '.join(str(f) if f else 'random split' for f in folds)}"
+            for name, folds in tested.items()
+        )
+        logger.warning(
+            "the runs were tested on different folds (%s): their accuracies are not comparable", listing
+        )
+        lines += [
+            "",
+            f"**Warning:** the runs were tested on different folds ({listing}); compare them fold by fold.",
+        ]
     keys = sorted({k for *_, flat in columns for k in flat} - _IGNORED_KEYS)
     differing = [
         k for k in keys if len({json.dumps(flat.get(k), sort_keys=True) for *_, flat in columns}) > 1

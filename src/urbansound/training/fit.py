@@ -17,6 +17,7 @@ from torch import nn
 from urbansound.config import AugmentConfig, TrainingConfig
 from urbansound.errors import ResourceError
 from urbansound.features.augment import filter_augment_from_config, spec_augment_from_config
+from urbansound.features.views import with_training_crop
 from urbansound.models.classifier import AudioClassifier
 from urbansound.training.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from urbansound.training.distributed import (
@@ -25,6 +26,7 @@ from urbansound.training.distributed import (
     evaluate_sharded,
     reduce_epoch_stats,
 )
+from urbansound.training.epoch_log import EpochLog
 from urbansound.training.hardware import TrainingModel, prepare_model
 from urbansound.training.loop import (
     FeatureDataset,
@@ -35,6 +37,7 @@ from urbansound.training.loop import (
     train_one_epoch,
 )
 from urbansound.training.run_folder import HISTORY_COLUMNS, write_history  # noqa: F401  (re-exported)
+from urbansound.training.transfer import BackboneFreezer, parameter_groups
 
 logger = logging.getLogger(__name__)
 
@@ -64,14 +67,16 @@ def make_optimizer(
     linear annealing. ``cosine``: AdamW (decoupled weight decay, which regularises adaptive optimisers as
     intended), a linear warm-up over the first 5% of steps, then cosine decay to ~0; no momentum cycling.
     """
+    # Fine-tuning: the pretrained layers at a share of the head's rate, or left out when frozen.
+    params, peaks = parameter_groups(model, config)
     if config.scheduler == "cosine":
         optimizer: torch.optim.Optimizer = torch.optim.AdamW(
-            model.parameters(), lr=config.max_lr, weight_decay=config.weight_decay
+            params, lr=config.max_lr, weight_decay=config.weight_decay
         )
         # OneCycleLR with cosine annealing is exactly warm-up + cosine decay, and its state_dict resumes.
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
             optimizer,
-            max_lr=config.max_lr,
+            max_lr=peaks,
             epochs=config.epochs,
             steps_per_epoch=max(steps_per_epoch, 1),
             pct_start=0.05,
@@ -81,10 +86,10 @@ def make_optimizer(
             final_div_factor=1e3,
         )
         return optimizer, scheduler
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.max_lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.Adam(params, lr=config.max_lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer,
-        max_lr=config.max_lr,
+        max_lr=peaks,
         epochs=config.epochs,
         steps_per_epoch=max(steps_per_epoch, 1),
         anneal_strategy="linear",
@@ -138,7 +143,7 @@ def _optimisation(
         training.precision,
         training.compile,
         band_augment=filter_augment_from_config(augment),
-        spec_augment=spec_augment_from_config(augment),
+        spec_augment=with_training_crop(spec_augment_from_config(augment), model),
     )
     optimizer, scheduler = make_optimizer(model, training, steps_per_epoch)
     # Loss scaling keeps float16 gradients from underflowing; bf16 has float32's range and needs none.
@@ -178,7 +183,7 @@ def fit(
     augment: AugmentConfig,
     context: DistributedContext,
     checkpoint_path: Path,
-    history_path: Path | None = None,
+    history: EpochLog | Path | None = None,
     resume: bool = False,
     progress: bool = True,
 ) -> FitResult:
@@ -195,12 +200,16 @@ def fit(
     batch, each rank trains on its share through DDP, metrics are summed over ranks, and only rank 0 writes
     the checkpoint and history. Every rank resumes from the same checkpoint.
 
+    ``history`` records each epoch as it ends: a ``history.csv`` path, or an
+    :class:`~urbansound.training.epoch_log.EpochLog` that also feeds TensorBoard.
+
     ``training.data_on_device`` (see :func:`wants_resident_data`) may hold the training features in device
     memory and draw batches by index there
     (:class:`~urbansound.training.loop.ResidentFeatures`) instead of through a DataLoader; the batches are
     the same, so results and resumes do not depend on the choice.
     """
     device = context.device  # a single process: DistributedContext(device=...)
+    log = history if isinstance(history, EpochLog) else EpochLog(history)
     run = _Fit(model, train_set, val_set, training, augment, context, checkpoint_path, progress)
     parts = run.parts
     state = _start_state(model, parts, training, checkpoint_path, resume)
@@ -217,14 +226,14 @@ def fit(
         _record_epoch(state, row, training.select_epoch, parts.ema.module if parts.ema is not None else model)
         if context.is_main:
             save_checkpoint(checkpoint_path, parts.capture(model, state).to_dict())
-            if history_path is not None:
-                write_history(history_path, state.history)
+            log.record(state.history)
         eta = (time.perf_counter() - started) / (epoch - start_epoch + 1) * (training.epochs - epoch)
         _log_epoch(row, state.best_epoch, training.epochs, eta)
         if _should_stop(state.history, state.best_epoch, training):
             logger.info("early stopping: no validation gain for %d epochs", training.patience)
             stopped_early = True
             break
+    log.close()
     return FitResult(
         history=state.history,
         best_epoch=state.best_epoch,
@@ -250,7 +259,15 @@ class _Fit:
     def __post_init__(self) -> None:
         first = self.sampler(1)
         steps = len(first) if first is not None else -(-len(self.train_set) // self.training.batch_size)
+        # Linear probe / head-only warm-up epochs. A probe is frozen before DDP wraps the model, so DDP never
+        # waits for the frozen layers' gradients.
+        self.freezer = BackboneFreezer(self.model)
+        self.freezer.set(self.training.freeze_backbone)
         self.parts = _optimisation(self.model, self.training, self.augment, self.context, steps)
+        # A training set with a loss of its own (distillation's soft targets) replaces cross-entropy.
+        own_loss = getattr(self.train_set, "criterion", None)
+        if own_loss is not None:
+            self.parts.criterion = own_loss
 
     def sampler(self, epoch: int) -> GlobalBatchSampler | None:
         """Each rank's share of every global batch of ``epoch`` under torchrun; None for one process."""
@@ -288,6 +305,7 @@ class _Fit:
     def epoch(self, epoch: int, resident: ResidentFeatures | None) -> dict[str, float]:
         """Train one epoch (stats summed over ranks), validate what the run would keep; the history row."""
         parts, training, context, model = self.parts, self.training, self.context, self.model
+        self.freezer.update(training, epoch)
         sampler = self.sampler(epoch)
         loader = self.batches(epoch, sampler, resident)
         self.train_set.set_epoch(epoch)  # which precomputed audio variant each clip uses this epoch

@@ -201,6 +201,12 @@ class ResidentBatches:
             start += len(batch)
 
 
+def class_labels(targets: torch.Tensor) -> torch.Tensor:
+    """The integer labels ``(batch,)`` of a batch's targets: the labels themselves, or column 0 of
+    distillation targets ``(batch, 1 + n_classes)`` (label, then the teacher's probabilities)."""
+    return targets if targets.dim() == 1 else targets[:, 0].long()
+
+
 @dataclass
 class EpochStats:
     loss: float
@@ -286,7 +292,7 @@ def train_one_epoch(
         if settings.after_step is not None:
             settings.after_step()
         total_loss += loss.detach().to(sum_dtype) * labels.shape[0]
-        correct += (logits.detach().argmax(1) == labels).sum()
+        correct += (logits.detach().argmax(1) == class_labels(labels)).sum()
         seen += labels.shape[0]
         step += 1
         bar.update(1)

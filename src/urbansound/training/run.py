@@ -13,13 +13,16 @@ import torch
 from urbansound.config import RunConfig, TrainingConfig, default_cache_dir
 from urbansound.data.datasets import load_dataset
 from urbansound.data.metadata import DatasetIndex, Problem
-from urbansound.data.splits import Split, make_split
+from urbansound.data.splits import Split, make_split, resolve_folds
 from urbansound.errors import ConfigError, DataError
+from urbansound.evaluation.calibration import calibrate, plot_reliability
 from urbansound.evaluation.metrics import classification_metrics
-from urbansound.evaluation.plots import plot_confusion_matrix, plot_history
+from urbansound.evaluation.plots import confusion_matrix_figure, plot_history, save_figure
 from urbansound.evaluation.report import write_report
-from urbansound.features.cache import CachedFeatures, FeatureCache, band_statistics
-from urbansound.modelfile import ModelSpec, build_classifier, load_pretrained_weights, save_model_file
+from urbansound.features.cache import CachedFeatures, FeatureCache
+from urbansound.features.views import normaliser_statistics
+from urbansound.modelfile import ModelSpec, build_classifier, save_model_file
+from urbansound.models.backbones import find_backbone
 from urbansound.models.classifier import AudioClassifier
 from urbansound.training.distributed import (
     DistributedContext,
@@ -27,9 +30,11 @@ from urbansound.training.distributed import (
     distributed_session,
     run_in_turns,
 )
+from urbansound.training.epoch_log import CONFUSION_TAG, EpochLog, log_figure
 from urbansound.training.fit import FitResult, fit, format_duration
 from urbansound.training.loop import FeatureDataset, Predictions, evaluate, make_loader
-from urbansound.training.run_folder import EnsembleMetrics, RunFolder, RunMetrics
+from urbansound.training.run_folder import ClipPredictions, EnsembleMetrics, RunFolder, RunMetrics
+from urbansound.transfer import init_from
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +74,8 @@ def prepare_data(
     computed entry is kept in the cache), or are dropped with ``skip_bad``.
     """
     index = load_dataset(config.annotations, config.data_dir, layout=config.layout, skip_bad=config.skip_bad)
+    # Folds left unset are chosen from the data and written back, so config.json names the folds used.
+    config.split = resolve_folds(config.split, index.folds)
     split = make_split(index.records, config.split, config.training.seed)
     # Only the clips of this split are decoded; records are narrowed to them so feature rows follow records.
     used = sorted(set(split.train) | set(split.val) | set(split.test))
@@ -151,8 +158,9 @@ def train(
 
     The folder gets the files :class:`~urbansound.training.run_folder.RunFolder` names: ``config.json``,
     ``split.csv``, ``history.csv``, ``checkpoint.pt`` (for resuming), ``model.safetensors`` (the epoch
-    ``select_epoch`` keeps), ``metrics.json``, ``train_test_loss.png``, ``confusion_matrix.png``,
-    ``report.md`` and, if clips were skipped, ``skipped_clips.csv``.
+    ``select_epoch`` keeps), ``metrics.json``, ``train_val_loss_accuracy.png``, ``confusion_matrix.png``,
+    ``test_predictions.csv``, ``report.md``, with ``--tensorboard`` a ``tensorboard/`` folder and, if clips
+    were skipped, ``skipped_clips.csv``.
 
     Under torchrun every process calls this and trains with DDP (see ``training/distributed.py``); rank 0
     computes the feature cache (the others then open the same memory map), creates the run folder and
@@ -163,11 +171,23 @@ def train(
     return _run(config, RunFolder(run_dir) if run_dir is not None else None, False, progress)
 
 
-def resume(run_dir: Path, progress: bool = True) -> Path:
+def resume(run_dir: Path, progress: bool = True, reevaluate: bool = False) -> Path:
     """Continue the run in ``run_dir`` with the configuration saved there, from each member's last
-    completed epoch (members without a checkpoint start afresh); returns ``run_dir``."""
+    completed epoch (members without a checkpoint start afresh); returns ``run_dir``.
+
+    A finished run (its ``metrics.json`` written) is left as it is, unless ``reevaluate``: then its kept
+    weights are scored again and its results rewritten (after a change to the evaluation code, say)."""
     folder = RunFolder(Path(run_dir))
-    return _run(folder.read_config(), folder, True, progress)
+    config = folder.read_config()
+    if folder.is_finished() and not reevaluate:
+        logger.warning(
+            "%s has finished (its %s is written): nothing to resume, nothing changed "
+            "(--reevaluate scores its kept weights again and rewrites its results)",
+            folder.path,
+            RunFolder.METRICS,
+        )
+        return folder.path
+    return _run(config, folder, True, progress)
 
 
 def _run(config: RunConfig, folder: RunFolder | None, resuming: bool, progress: bool) -> Path:
@@ -184,8 +204,9 @@ def _run(config: RunConfig, folder: RunFolder | None, resuming: bool, progress: 
         if not context.is_main:
             return folder.path  # rank 0 alone tests the model and writes the results
         assembled = assemble(config, data, members, device)
-        metrics = score(assembled.model, members, data, config, device)
-        write_results(folder, config, assembled, members, metrics, started)
+        test = predict_rows(assembled.model, data, data.split.test, config, device)
+        metrics = score(assembled.model, members, data, config, device, test=test)
+        write_results(folder, config, assembled, members, metrics, started, clip_predictions(data, test))
         return folder.path
 
 
@@ -222,7 +243,11 @@ def start_run_folder(
 def model_spec(config: RunConfig, data: PreparedData) -> ModelSpec:
     """The spec of the run's model file (the ensemble's, when ``config.model.ensemble`` > 1)."""
     return ModelSpec(
-        audio=config.audio, features=config.features, model=config.model, class_names=data.index.class_names
+        audio=config.audio,
+        features=config.features,
+        model=config.model,
+        class_names=data.index.class_names,
+        reject=config.reject,
     )
 
 
@@ -241,7 +266,7 @@ def train_members(
     statistics serves every member: they see the same training clips.
     """
     context = context or DistributedContext(device=resolve_device(config.training.device))
-    mean, std = band_statistics(data.features, data.split.train, db_reference=config.features.db_reference)
+    mean, std = normaliser_statistics(config, data.features, data.split.train)  # dB or PCEN output
     spec = replace(model_spec(config, data), model=replace(config.model, ensemble=1))
     val_set = FeatureDataset(data.features, data.labels, data.split.val)
     n_members = config.model.ensemble
@@ -264,7 +289,9 @@ def train_members(
             config.augment,
             context,
             checkpoint,
-            history_path=folder.history_path(member),
+            history=EpochLog(
+                folder.history_path(member), folder.tensorboard_dir(member) if config.tensorboard else None
+            ),
             resume=resume_member,
             progress=progress,
         )
@@ -282,9 +309,15 @@ def _initial_member(
     torch.manual_seed(training.seed)
     model = build_classifier(spec)
     if training.init_from and not resuming:
-        reset = load_pretrained_weights(model, training.init_from)
+        reset = init_from(model, training.init_from, spec.model.name)  # any checkpoint format (transfer.py)
         logger.info("initialised from %s%s", training.init_from, f" (new: {reset})" if reset else "")
-    model.normalizer.set_statistics(torch.from_numpy(mean), torch.from_numpy(std))
+    # EfficientAT and AST normalise their input with fixed constants: the band normaliser stays the identity
+    # so their weights see the input they were trained on. PANNs takes standardised bands into its bn0.
+    absorbs = getattr(model.backbone, "absorb_input_statistics", None)
+    if find_backbone(spec.model.name) is None or absorbs is not None:
+        model.normalizer.set_statistics(torch.from_numpy(mean), torch.from_numpy(std))
+    if absorbs is not None:
+        absorbs(model.normalizer.mean, model.normalizer.std)
     return model
 
 
@@ -300,24 +333,45 @@ def assemble(
     return Assembled(model=model.to(device).eval(), spec=spec)
 
 
+def predict_rows(
+    model: AudioClassifier,
+    data: PreparedData,
+    rows: list[int],
+    config: RunConfig,
+    device: torch.device | None = None,
+) -> Predictions:
+    """``model``'s loss, accuracy and class probabilities on the clips ``rows`` of ``data`` (in order)."""
+    device = device or next(model.parameters()).device
+    batch = max(config.training.batch_size, 64)
+    loader = make_loader(FeatureDataset(data.features, data.labels, rows), batch, shuffle=False)
+    return evaluate(model, loader, device)
+
+
+def clip_predictions(data: PreparedData, test: Predictions) -> ClipPredictions:
+    """The rows of ``test_predictions.csv``: ``test`` (from :func:`predict_rows` on ``data.split.test``)
+    beside each test clip's record."""
+    records = [data.index.records[i] for i in data.split.test]
+    return ClipPredictions(records, test.probabilities, list(data.index.class_names))
+
+
 def score(
     model: AudioClassifier,
     members: list[Member],
     data: PreparedData,
     config: RunConfig,
     device: torch.device | None = None,
+    test: Predictions | None = None,
 ) -> RunMetrics:
-    """Every choice is made: score the kept model on the validation set and, once, the test set.
+    """Every choice is made: score the kept model on the validation set and, once, the test set (``test``:
+    the model's test-set predictions when already computed by :func:`predict_rows`).
 
     For an ensemble each member is also scored alone on the same sets, to show what averaging adds;
     reported, never used for a choice. ``wall_seconds`` is left for :func:`write_results` to fill in."""
     device = device or next(model.parameters()).device
-    batch = max(config.training.batch_size, 64)
     names = data.index.class_names
 
     def predictions(classifier: AudioClassifier, rows: list[int]) -> Predictions:
-        loader = make_loader(FeatureDataset(data.features, data.labels, rows), batch, shuffle=False)
-        return evaluate(classifier, loader, device)
+        return predict_rows(classifier, data, rows, config, device)
 
     ensemble = None
     if len(members) > 1:
@@ -328,9 +382,12 @@ def score(
             member_val_accuracy=[predictions(m.model, data.split.val).accuracy for m in members],
             member_test_accuracy=[predictions(m.model, data.split.test).accuracy for m in members],
         )
-    val, test = predictions(model, data.split.val), predictions(model, data.split.test)
+    val = predictions(model, data.split.val)
+    test = test if test is not None else predictions(model, data.split.test)
     test_metrics = classification_metrics(test.labels.tolist(), test.predicted.tolist(), names)
     val_metrics = classification_metrics(val.labels.tolist(), val.predicted.tolist(), names)
+    # Temperature fitted on the validation split only; the test split is scored before and after.
+    calibration = calibrate(val.labels, val.probabilities, test.labels, test.probabilities)
     result = members[0].result
     return RunMetrics(
         test_accuracy=test_metrics["accuracy"],
@@ -347,6 +404,7 @@ def score(
         test=test_metrics,
         val=val_metrics,
         class_names=names,
+        calibration=calibration.to_dict(),
     )
 
 
@@ -357,27 +415,44 @@ def write_results(
     members: list[Member],
     metrics: RunMetrics,
     started: float | None = None,
+    test: ClipPredictions | None = None,
 ) -> None:
     """Write the model file, plots, ``metrics.json`` (with the run's wall time since ``started``, a
-    ``time.perf_counter()`` reading) and the report into ``folder``."""
+    ``time.perf_counter()`` reading), the report, ``test_predictions.csv`` (from ``test``) and, with
+    ``config.tensorboard``, the confusion matrix to TensorBoard into ``folder``."""
     result = members[0].result
+    spec = assembled.spec
+    if metrics.calibration is not None:  # the model file applies the temperature fitted on validation
+        spec = replace(spec, temperature=metrics.calibration["temperature"])
     save_model_file(
         folder.model_path,
         assembled.model,
-        assembled.spec,
+        spec,
         extra={
             "val_accuracy": metrics.val_accuracy,
             "best_epoch": result.best_epoch,
             "split": metrics.split["description"],
         },
     )
-    plot_history(result.history, folder.file(RunFolder.HISTORY_PLOT), test_accuracy=metrics.test_accuracy)
-    plot_confusion_matrix(
+    plot_history(
+        result.history,
+        folder.file(RunFolder.HISTORY_PLOT),
+        test_accuracy=metrics.test_accuracy,
+        kept_epoch=result.best_epoch,
+        kept_by=config.training.select_epoch,
+    )
+    confusion = confusion_matrix_figure(
         metrics.test["confusion_matrix"],
         metrics.class_names,
-        folder.file(RunFolder.CONFUSION_PLOT),
         title=f"{config.model.name} / {config.features.kind}: {metrics.split['description']}",
     )
+    save_figure(confusion, folder.file(RunFolder.CONFUSION_PLOT))
+    if metrics.calibration is not None:
+        plot_reliability(metrics.calibration, folder.file(RunFolder.RELIABILITY_PLOT))
+    if config.tensorboard:
+        log_figure(folder.tensorboard_dir(), CONFUSION_TAG, confusion, step=len(result.history))
+    if test is not None:
+        folder.write_test_predictions(test)
     if started is not None:
         metrics.wall_seconds = round(time.perf_counter() - started, 1)
     folder.write_metrics(metrics)
@@ -420,6 +495,8 @@ __all__ = [
     "train_members",
     "assemble",
     "score",
+    "predict_rows",
+    "clip_predictions",
     "write_results",
     "resolve_device",
     "load_run_config",

@@ -10,18 +10,24 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from urbansound.config import RunConfig
-from urbansound.data.metadata import DatasetIndex, Problem, write_problems
+from urbansound.data.metadata import ClipRecord, DatasetIndex, Problem, write_problems
 from urbansound.data.splits import Split
 from urbansound.errors import DataError
 from urbansound.io_utils import atomic_write_json, atomic_write_text
 from urbansound.training.checkpoint import TrainState, load_train_state
+
+logger = logging.getLogger(__name__)
 
 HISTORY_COLUMNS = (
     "epoch",
@@ -69,6 +75,8 @@ class RunMetrics:
     val: dict[str, Any]
     class_names: list[str]
     wall_seconds: float | None = None  # of the whole run, data preparation included
+    # Calibration.to_dict(): the temperature fitted on validation, the test split's ECE before and after
+    calibration: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,6 +87,23 @@ class RunMetrics:
         if known["ensemble"] is not None:
             known["ensemble"] = EnsembleMetrics(**known["ensemble"])
         return cls(**known)
+
+
+@dataclass
+class ClipPredictions:
+    """The kept model's output for each test clip (``test_predictions.csv``), rows in ``records``' order."""
+
+    records: list[ClipRecord]
+    probabilities: np.ndarray  # (clips, n_classes), columns in class_names' order
+    class_names: list[str]
+
+    def __post_init__(self) -> None:
+        expected = (len(self.records), len(self.class_names))
+        if self.probabilities.shape != expected:
+            raise DataError(
+                f"test predictions: probabilities of shape {self.probabilities.shape} for "
+                f"{expected[0]} clips and {expected[1]} classes"
+            )
 
 
 @dataclass(frozen=True)
@@ -94,14 +119,21 @@ class RunFolder:
     CHECKPOINT = "checkpoint.pt"  # for resuming; members 2..: checkpoint-member2.pt, ...
     MODEL = "model.safetensors"  # the deployable model file
     METRICS = "metrics.json"  # RunMetrics; present once the run has finished
-    HISTORY_PLOT = "train_test_loss.png"
+    DISTILLATION = "distillation.json"  # a distilled student's teacher, temperature and weight
+    # Loss and accuracy of training and validation per epoch, the kept epoch marked (was train_test_loss.png).
+    HISTORY_PLOT = "train_val_loss_accuracy.png"
     CONFUSION_PLOT = "confusion_matrix.png"
+    RELIABILITY_PLOT = "reliability.png"  # test-split calibration before and after temperature scaling
+    # One row per test clip: file, fold, true and predicted class, each class's probability.
+    TEST_PREDICTIONS = "test_predictions.csv"
+    TENSORBOARD = "tensorboard"  # event files of `--tensorboard`; ensemble members 2..: tensorboard/member2
     REPORT = "report.md"
     # A cross-validation folder: its settings, the summary over folds and its rendering.
     CROSSVAL_SETTINGS = "crossval_config.json"
     CROSSVAL_SETTINGS_OLD = "config.json"  # what cross-validation folders were written with before
     CROSSVAL_SUMMARY = "crossval.json"
     CROSSVAL_REPORT = "crossval.md"
+    FOLD_FOLDER = "fold{:02d}"  # a cross-validation's run folder of one test fold: fold01, fold02, ...
 
     @classmethod
     def create(cls, runs_dir: str | Path, name: str) -> RunFolder:
@@ -141,6 +173,11 @@ class RunFolder:
     def history_path(self, member: int = 1) -> Path:
         return self.path / self.HISTORY.replace(".csv", f"{self.member_suffix(member)}.csv")
 
+    def tensorboard_dir(self, member: int = 1) -> Path:
+        """TensorBoard's log folder of ``member``: each member is a run of its own there, beside member 1."""
+        folder = self.path / self.TENSORBOARD
+        return folder if member == 1 else folder / f"member{member}"
+
     def is_finished(self) -> bool:
         return self.metrics_path.is_file()
 
@@ -172,6 +209,25 @@ class RunFolder:
                 r = index.records[i]
                 writer.writerow([r.slice_file_name, r.fold, r.fs_id, r.class_name, side])
         atomic_write_text(self.path / self.SPLIT, buffer.getvalue())
+
+    def write_test_predictions(self, predictions: ClipPredictions) -> Path:
+        """``test_predictions.csv``: file, fold, true class, predicted class and each class's probability
+        (columns ``probability_<class>``), one row per test clip, for error analysis."""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        names = predictions.class_names
+        writer.writerow(
+            ["slice_file_name", "fold", "true_class", "predicted_class", *(f"probability_{n}" for n in names)]
+        )
+        predicted = predictions.probabilities.argmax(axis=1)
+        for record, row, guess in zip(predictions.records, predictions.probabilities, predicted, strict=True):
+            probabilities = (f"{p:.6f}" for p in row)
+            writer.writerow(
+                [record.slice_file_name, record.fold, record.class_name, names[guess], *probabilities]
+            )
+        path = self.path / self.TEST_PREDICTIONS
+        atomic_write_text(path, buffer.getvalue(), what="the test predictions")
+        return path
 
     def write_skipped(self, problems: Sequence[Problem]) -> Path:
         path = self.path / self.SKIPPED
@@ -208,6 +264,22 @@ class RunFolder:
     def is_crossval(self) -> bool:
         return (self.path / self.CROSSVAL_SUMMARY).is_file()
 
+    def fold_folder(self, fold: int) -> RunFolder:
+        """The run folder of test fold ``fold`` inside this cross-validation folder."""
+        return RunFolder(self.path / self.FOLD_FOLDER.format(fold))
+
+    def fold_folders(self) -> list[RunFolder]:
+        """The fold run folders present inside this cross-validation folder, by fold number."""
+        pattern = re.compile("^" + self.FOLD_FOLDER.replace("{:02d}", r"(\d+)") + "$")
+        if not self.path.is_dir():
+            return []
+        found = {}
+        for child in self.path.iterdir():
+            match = pattern.match(child.name)
+            if match and child.is_dir():
+                found[int(match.group(1))] = RunFolder(child)
+        return [found[fold] for fold in sorted(found)]
+
     def write_crossval_summary(self, summary: dict[str, Any]) -> None:
         atomic_write_json(self.path / self.CROSSVAL_SUMMARY, summary)
 
@@ -229,3 +301,56 @@ def read_history(path: Path) -> list[dict[str, float]]:
     with open(path, newline="") as handle:
         rows = list(csv.DictReader(handle))
     return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items() if v != ""} for row in rows]
+
+
+def resolve_model_file(path: str | Path) -> Path:
+    """The model file that ``path`` names: a model file itself, a run folder's model file, or, for a
+    cross-validation folder, the model file of the fold with the highest validation accuracy (ties: the
+    lowest fold; test accuracy is never looked at, so choosing does not peek at test data).
+
+    predict, serve, export and :class:`urbansound.Classifier` all take their model through this.
+
+    Raises:
+        DataError: ``path`` does not exist, is an unfinished run, or a folder without a model file (the
+            message lists a cross-validation's fold folders so one can be named instead).
+    """
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.exists():
+        raise DataError(f"{path}: no such model file or run folder")
+    folder = RunFolder(path)
+    if folder.model_path.is_file():
+        return folder.model_path
+    folds = folder.fold_folders()
+    if folds:
+        return _best_fold_model(folder, folds)
+    if folder.config_path.is_file():
+        raise DataError(
+            f"{path}: the run has no {RunFolder.MODEL} yet (unfinished: continue it with "
+            f"`urbansound train --resume {path}`)"
+        )
+    raise DataError(f"{path}: neither a model file, a run folder nor a cross-validation folder")
+
+
+def _best_fold_model(folder: RunFolder, folds: list[RunFolder]) -> Path:
+    """The model file of the finished fold with the highest validation accuracy (see resolve_model_file)."""
+    scored = [(f.read_metrics().val_accuracy, f) for f in folds if f.is_finished() and f.model_path.is_file()]
+    scored = [(accuracy, f) for accuracy, f in scored if accuracy is not None]
+    if not scored:
+        listing = ", ".join(f.path.name for f in folds)
+        raise DataError(
+            f"{folder.path}: a cross-validation folder with no finished fold to choose from; name a fold's "
+            f"model file or run folder instead (folds: {listing})"
+        )
+    best_accuracy = max(accuracy for accuracy, _ in scored)
+    best = next(f for accuracy, f in scored if accuracy == best_accuracy)  # folds are sorted: lowest first
+    logger.info(
+        "%s: using %s, the highest validation accuracy (%.1f%%) of %d finished fold(s): %s",
+        folder.path,
+        best.path.name,
+        100 * best_accuracy,
+        len(scored),
+        ", ".join(f"{f.path.name} {100 * accuracy:.1f}%" for accuracy, f in scored),
+    )
+    return best.model_path
