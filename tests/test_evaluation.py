@@ -293,10 +293,12 @@ def test_report_ties_the_run_together(tmp_path: Path) -> None:
     assert linked == {
         "train_val_loss_accuracy.png",
         "confusion_matrix.png",
+        "reliability.png",
         "test_predictions.csv",
         "metrics.json",
         "history.csv",
         "config.json",
+        "train.log",
     }
     for name in linked:
         assert f"[{name}]({name})" in text

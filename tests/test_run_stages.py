@@ -182,3 +182,29 @@ def test_crossval_settings_have_their_own_file_and_old_folders_still_read(tmp_pa
     assert folder.read_crossval_settings() == (RunConfig().to_dict(), [3])
     assert folder.checkpoint_path(2).name == "checkpoint-member2.pt"
     assert folder.history_path(3).name == "history-member3.csv"
+
+
+def test_run_folder_and_log_exist_before_the_data_are_prepared(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The slowest stages (feature cache, variants) run with the folder, config.json and train.log in place,
+    and their progress lines land in train.log."""
+    import urbansound.training.run as run_module
+
+    config = tiny_config(tiny_dataset, tmp_path / "runs", tmp_path / "cache", epochs=1)
+    seen: dict[str, bool] = {}
+    real_prepare = run_module.prepare_data
+
+    def watching_prepare(*args: object, **kwargs: object) -> PreparedData:
+        (folder,) = (tmp_path / "runs").iterdir()
+        seen["config"] = (folder / RunFolder.CONFIG).is_file()
+        seen["log"] = (folder / RunFolder.LOG).is_file()
+        run_module.logger.info("marker line from the data stage")
+        return real_prepare(*args, **kwargs)
+
+    monkeypatch.setattr(run_module, "prepare_data", watching_prepare)
+    run_dir = train(config, progress=False)
+    assert seen == {"config": True, "log": True}
+    log = (run_dir / RunFolder.LOG).read_text()
+    assert "marker line from the data stage" in log
+    assert "split:" in log and "test accuracy" in log.lower()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from torch.nn import functional as F
 from urbansound.api import Classifier
 from urbansound.config import (
     AudioConfig,
+    AugmentConfig,
     ModelConfig,
     RunConfig,
     SplitConfig,
@@ -26,12 +28,13 @@ from urbansound.config import (
     use_backbone_front_end,
 )
 from urbansound.errors import ConfigError, DataError
-from urbansound.export import export_model
+from urbansound.export import export_model, parity_inputs
 from urbansound.features.pretrained import PretrainedFrontend
 from urbansound.modelfile import ModelSpec, build_classifier, load_model_file, save_model_file
 from urbansound.models import create_model
 from urbansound.models.backbones import find_backbone
 from urbansound.training.fit import make_optimizer
+from urbansound.training.probe import fit_probe
 from urbansound.training.run import train
 from urbansound.training.run_folder import RunFolder
 from urbansound.training.transfer import BackboneFreezer
@@ -80,6 +83,19 @@ def panns_release_state(
     mel = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=64, fmin=50, fmax=f_max).T
     state["logmel_extractor.melW"] = torch.tensor(mel, dtype=torch.float32)
     return state
+
+
+def calibrate_batchnorm(model: torch.nn.Module, forward: Callable[[], object]) -> None:
+    """Give a randomly initialised network's BatchNorm layers the statistics of one batch, as a trained
+    network has statistics of its data (with 0 and 1, activations vanish through a deep random network)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # a cumulative average: one pass sets the batch's statistics
+    model.train()
+    with torch.no_grad():
+        forward()
+    model.eval()
 
 
 @pytest.fixture
@@ -181,6 +197,15 @@ def test_a_release_saved_from_the_registered_backbone_round_trips(tmp_path: Path
     model = build_classifier(spec_for("panns_cnn10", widths=TINY_CNN10))
     init_from(model, str(path), "panns_cnn10")
     torch.testing.assert_close(model.backbone.conv_block4.bn2.weight, source.conv_block4.bn2.weight)
+
+
+def test_a_release_in_torchs_legacy_pickle_format_loads(cnn14_release: Path, tmp_path: Path) -> None:
+    # Releases from 2020 may predate torch.save's zip format; weights_only reads both without running code.
+    legacy = tmp_path / "legacy.pth"
+    torch.save(torch.load(cnn14_release, weights_only=True), legacy, _use_new_zipfile_serialization=False)
+    assert legacy.read_bytes()[:1] == b"\x80" and cnn14_release.read_bytes()[:2] == b"PK"
+    model = build_classifier(spec_for("panns_cnn14", widths=TINY_CNN14))
+    assert init_from(model, str(legacy), "panns_cnn14") == ["fc_audioset.bias", "fc_audioset.weight"]
 
 
 def test_wrong_architecture_names_expected_format_and_tensors(tmp_path: Path) -> None:
@@ -448,6 +473,63 @@ def test_finetune_run_gives_a_model_file_that_predicts_and_exports(
     assert classifier.embed(clip, sample_rate=22_050).shape == (TINY_CNN14[-1],)
 
 
+def test_a_probe_embeds_each_clip_once_and_learns_the_head(cnn14_release: Path) -> None:
+    model = build_classifier(spec_for("panns_cnn14", widths=TINY_CNN14))
+    init_from(model, str(cnn14_release), "panns_cnn14")
+    rng = np.random.default_rng(11)
+    t = np.arange(32_000) / 32_000
+    tones = (300.0, 1500.0, 6000.0)  # one class per tone, in noise
+    labels = [i % 3 for i in range(24)]
+    clips = [0.3 * np.sin(2 * np.pi * tones[c] * t) + 0.05 * rng.standard_normal(t.size) for c in labels]
+    features = model.frontend(torch.tensor(np.stack(clips), dtype=torch.float32)).numpy()
+    calibrate_batchnorm(model, lambda: model.classify_features(torch.from_numpy(features)))
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items() if not k.startswith("fc_audioset")}
+    calls = []
+    model.backbone.register_forward_pre_hook(lambda _m, args: calls.append(args[0].shape[0]))
+    training = TrainingConfig(freeze_backbone=True, epochs=30, batch_size=6, max_lr=3e-2, scheduler="cosine")
+    result = fit_probe(
+        model, features, labels, (list(range(18)), list(range(18, 24))), training, AugmentConfig()
+    )
+    assert sum(calls) == 24  # every clip through the backbone once, whatever the number of epochs
+    assert len(result.history) == 30 and result.best_val_accuracy > 0.8  # 5 of 6 at least; chance: 1 / 3
+    assert result.history[-1]["train_loss"] < 0.8 * result.history[0]["train_loss"]
+    after = model.backbone.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())  # the backbone is as released
+
+
+@pytest.mark.slow
+def test_a_linear_probe_run_keeps_the_released_weights(
+    tiny_dataset: Path, cnn14_release: Path, tmp_path: Path
+) -> None:
+    from urbansound.cli import resolve_config
+
+    args = argparse.Namespace(
+        recipe="finetune",
+        annotations=str(tiny_dataset / "metadata" / "UrbanSound8K.csv"),
+        data_dir=str(tiny_dataset / "audio"),
+        **{
+            "audio.duration": 1.0,
+            "model.kwargs": [("widths", TINY_CNN14)],
+            "split.test_fold": 3,
+            "split.val_fold": 2,
+            "training.epochs": 1,
+            "training.batch_size": 8,
+            "training.device": "cpu",
+            "training.init_from": str(cnn14_release),
+            "training.freeze_backbone": True,
+            "runs_dir": str(tmp_path / "runs"),
+            "cache_dir": str(tmp_path / "cache"),
+        },
+    )
+    run_dir = train(resolve_config(args), progress=False)
+    model, _ = load_model_file(RunFolder(run_dir).model_path)
+    release = torch.load(cnn14_release, weights_only=True)["model"]
+    for key, value in model.backbone.state_dict().items():
+        if key.startswith("conv_block") or key.startswith("fc1") or key in ("bn0.weight", "bn0.bias"):
+            assert torch.equal(value, release[key]), key  # frozen: exactly as released
+    assert model.backbone.fc_audioset.weight.shape == (10, TINY_CNN14[-1])  # the synthetic set's 10 classes
+
+
 @pytest.mark.parametrize(
     ("name", "options"),
     [("panns_cnn10", {"widths": TINY_CNN10}), ("efficientat_mn04", {"width": TINY_MN})],
@@ -457,10 +539,22 @@ def test_onnx_export_parity_of_pretrained_backbones(
 ) -> None:
     spec = spec_for(name, **options)
     torch.manual_seed(4)
-    model = build_classifier(spec).eval()
+    model = build_classifier(spec)
+    audio = torch.from_numpy(parity_inputs(spec, n=8, seed=1))
+    # A fresh network's BatchNorm statistics (0 and 1) let activations vanish, and a fresh head answers
+    # near-uniformly: both would hide a difference. Statistics from these inputs and a larger head instead.
+    calibrate_batchnorm(model, lambda: model(audio))
+    with torch.no_grad():
+        logits = model.eval()(audio)
+        spread = (logits - logits.mean(dim=0)).std()  # how much the answer depends on the input
+        for layer in model.output_layers():
+            layer.weight.mul_(2.0 / spread)  # logits that differ by ~2 between inputs
+        probabilities = torch.softmax(model(audio), dim=-1)
+    assert probabilities.std(dim=0).max() > 0.05  # answers that depend on the input
     path = save_model_file(tmp_path / "model.safetensors", model, spec)
     result = export_model(path, "onnx")
     assert result.max_abs_diff_probabilities is not None and result.max_abs_diff_probabilities < 1e-4
+    assert result.max_abs_diff_logits is not None and result.max_abs_diff_logits < 1e-3
 
 
 def test_onnx_export_parity_of_hf_ast(ast_directory: Path, tmp_path: Path) -> None:
@@ -472,13 +566,18 @@ def test_onnx_export_parity_of_hf_ast(ast_directory: Path, tmp_path: Path) -> No
     spec = ModelSpec(audio=config.audio, features=config.features, model=config.model, class_names=CLASSES)
     model = build_classifier(spec).eval()
     init_from(model, str(ast_directory), "hf_ast")
+    with torch.no_grad():  # a fresh head answers near-uniformly, which would hide a difference
+        model.backbone.model.classifier.dense.weight.mul_(10.0)
     path = save_model_file(tmp_path / "ast.safetensors", model, spec)
-    loaded, loaded_spec = load_model_file(path)  # rebuilt from the stored config alone: no directory, no hub
+    loaded, _ = load_model_file(path)  # rebuilt from the stored config alone: no directory, no hub
     x = waves(2, 1.0, 16_000, seed=8)
     with torch.inference_mode():
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+        logits = model(x)
+        assert (logits[0] - logits[1]).abs().max() > 0.2  # answers that depend on the input
     result = export_model(path, "onnx")
     assert result.max_abs_diff_probabilities is not None and result.max_abs_diff_probabilities < 1e-4
+    assert result.max_abs_diff_logits is not None and result.max_abs_diff_logits < 1e-3
 
 
 # --- the registry's checks, at tiny widths (test_models.py covers the families trained from scratch) -------

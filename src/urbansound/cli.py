@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from urbansound.config import (
     DEFAULT_RECIPE,
@@ -39,12 +39,15 @@ TOOL_SUMMARY = (
     "It trains and cross-validates models on a dataset's folds (UrbanSound8K, ESC-50 or a folder per class), "
     "compares runs, classifies or embeds recordings of any length, and exports or serves trained models."
 )
-CLASS_EXAMPLES = "class_examples.png"
+CLASS_EXAMPLES = "class_examples.png"  # the demo's waveform / spectrogram plot of one clip per class
 # The MODEL argument of predict, embed, export and serve (resolved by training.run_folder.resolve_model_file).
 MODEL_HELP = (
     "model file, or a run folder (its model.safetensors), or a cross-validation folder (the fold with the "
     "highest validation accuracy)"
-)  # the demo's waveform / spectrogram plot of one clip per class
+)
+
+if TYPE_CHECKING:  # the inference stack loads torch: only commands that need it import it
+    from urbansound.inference import Predictor
 
 logger = logging.getLogger("urbansound")
 
@@ -85,7 +88,7 @@ def add_starting_point_arguments(parser: argparse.ArgumentParser, config_file: b
         default=argparse.SUPPRESS,
         metavar="{" + ",".join(RECIPES) + "}",
         help="named settings to start from: 'default' (the measured best; the default unless --config) or "
-        "'baseline' (the student project's settings; alias: seed)",
+        "'baseline' (a 4-block CNN on 64-band log-mel at 44.1 kHz, as tutorials train it; alias: seed)",
     )
     if not config_file:
         return
@@ -501,17 +504,25 @@ def add_listen_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_listen(args: argparse.Namespace) -> int:
-    import json
-
     import torch
 
     from urbansound.inference import Predictor
-    from urbansound.live import LiveClassifier, file_chunks, microphone_chunks
 
     if args.threads < 1:
         raise ConfigError(f"--threads must be at least 1, got {args.threads}")
+    previous_threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
-    predictor = Predictor.from_file(args.model, device=args.device)
+    try:
+        return _listen(args, Predictor.from_file(args.model, device=args.device))
+    finally:
+        torch.set_num_threads(previous_threads)  # main() may be called again in this process (tests, scripts)
+
+
+def _listen(args: argparse.Namespace, predictor: Predictor) -> int:
+    import json
+
+    from urbansound.live import LiveClassifier, file_chunks, microphone_chunks
+
     apply_reject_arguments(predictor.reject, args)
     live = LiveClassifier(predictor, hop=args.hop, top_k=args.top_k)
     if args.input is not None:
@@ -673,7 +684,7 @@ Command = tuple[
     str, str, Callable[[argparse.ArgumentParser], None] | None, Callable[[argparse.Namespace], int]
 ]
 COMMANDS: list[Command] = [
-    ("train", "train a classifier (the student project's train.py)", add_train_arguments, cmd_train),
+    ("train", "train a classifier on a dataset's folds and test it once", add_train_arguments, cmd_train),
     ("visualize", "plot a waveform and spectrograms per class", add_visualize_arguments, cmd_visualize),
     ("synth", "write a synthetic dataset in the UrbanSound8K layout", add_synth_arguments, cmd_synth),
     ("demo", "synthesise demo data, train, evaluate, write the report", add_demo_arguments, cmd_demo),

@@ -1,7 +1,7 @@
 """Typed configuration of a run, saved with every run and stored in every model file.
 
 Each setting is declared once, here: its field carries the default (with a comment saying why it has that
-value; most reproduce the baseline recipe, the student project's settings), the help text, the allowed
+value; most reproduce the baseline recipe), the help text, the allowed
 values and the command-line spelling. ``urbansound.settings`` turns these declarations into the flags of
 ``urbansound train`` and ``crossval``, and ``validate`` checks the same allowed values.
 """
@@ -38,7 +38,7 @@ SELECT_EPOCH_TEXT = {
 }
 LAYOUTS = ("auto", "urbansound8k", "esc50", "folders")  # dataset layouts urbansound.data.datasets reads
 PCEN_MODES = ("off", "fixed", "learnable")  # per-channel energy normalisation instead of dB compression
-# The student project's own spellings of the feature kinds, kept as aliases.
+# Other common spellings of the feature kinds (the baseline command line's among them), kept as aliases.
 FEATURE_KIND_ALIASES = {"mel": "mel_spec", "log_mel": "mel_spec", "gamma": "gammatone"}
 
 
@@ -152,7 +152,7 @@ class FeatureConfig:
 
 
 def normalise_feature_kind(kind: str) -> str:
-    """Accept the student project's spellings (``gamma``) and return the canonical feature kind."""
+    """Accept the other spellings (``gamma``) and return the canonical feature kind."""
     kind = FEATURE_KIND_ALIASES.get(kind, kind)
     if kind not in FEATURE_KINDS:
         raise ConfigError(
@@ -252,7 +252,7 @@ class SplitConfig:
     # official folds: the only leak-free UrbanSound8K protocol
     method: str = setting(
         "folds",
-        "official folds or the student project's leaky random 64/16/20 split",
+        "official folds, or a random 64/16/20 split of clips (leaks recordings across sides)",
         flags=("--split",),
         choices=SPLIT_METHODS,
         label="split method",
@@ -601,7 +601,7 @@ def default_cache_dir(data_dir: str | Path) -> Path:
 
 # Named starting points for `urbansound train --recipe NAME`; explicit flags override any of these settings.
 def _baseline_recipe(config: RunConfig) -> None:
-    """The student project's settings exactly: cnn, 64-band log-mel at 44.1 kHz, Adam one-cycle 1e-3,
+    """A common tutorial pipeline's settings exactly: cnn, 64-band log-mel at 44.1 kHz, Adam one-cycle 1e-3,
     batch 16, 25 epochs, no augmentation, no label smoothing or weight decay (the dataclass defaults)."""
     config.audio = AudioConfig()
     config.features = FeatureConfig()

@@ -46,10 +46,11 @@ def sniff_format(path: Path) -> str:
         head = handle.read(16)
     if head[:4] == b"PK\x03\x04":
         return "torch"
-    if head[:1] == b"\x80":  # pickle protocol 2+: torch.save's legacy format
-        return "torch"
+    # Before the pickle test: the header length's low byte may be 0x80 too.
     if len(head) >= 9 and head[8:9] == b"{":  # 8-byte little-endian header length, then JSON
         return "safetensors"
+    if head[:1] == b"\x80":  # pickle protocol 2+: torch.save's legacy format
+        return "torch"
     return "unknown"
 
 

@@ -31,6 +31,7 @@ RUN_FILES = (
     (RunFolder.METRICS, "all metrics, including the raw confusion matrix"),
     (RunFolder.HISTORY, "per-epoch losses and accuracies"),
     (RunFolder.CONFIG, "the resolved configuration of this run"),
+    (RunFolder.LOG, "the run's log, every progress line as printed"),
 )
 
 

@@ -90,8 +90,9 @@ class PannsCnn(nn.Module):
     def absorb_input_statistics(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Take inputs standardised per band (``(x - mean) / std``, the band normaliser's) instead of dB:
         ``bn0``'s running statistics move into the standardised scale, so in evaluation the network computes
-        what it did on dB, to BatchNorm's eps (in training ``bn0`` uses batch statistics, which standardising does not
-        change). SpecAugment's masks then hold each band's training mean, as after PANNs' own ``bn0``."""
+        what it did on dB, to BatchNorm's eps (in training ``bn0`` uses batch statistics, which standardising
+        does not change). SpecAugment's masks then hold each band's training mean, as after PANNs' ``bn0``.
+        """
         mean, std = mean.to(self.bn0.running_mean), std.to(self.bn0.running_var)
         self.bn0.running_mean.sub_(mean).div_(std)
         self.bn0.running_var.div_(std * std)

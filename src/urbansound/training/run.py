@@ -33,6 +33,7 @@ from urbansound.training.distributed import (
 from urbansound.training.epoch_log import CONFUSION_TAG, EpochLog, log_figure
 from urbansound.training.fit import FitResult, fit, format_duration
 from urbansound.training.loop import FeatureDataset, Predictions, evaluate, make_loader
+from urbansound.training.probe import fit_probe
 from urbansound.training.run_folder import ClipPredictions, EnsembleMetrics, RunFolder, RunMetrics
 from urbansound.transfer import init_from
 
@@ -191,23 +192,45 @@ def resume(run_dir: Path, progress: bool = True, reevaluate: bool = False) -> Pa
 
 
 def _run(config: RunConfig, folder: RunFolder | None, resuming: bool, progress: bool) -> Path:
-    """The stages of a run, in order: prepare data, train members, assemble, score, write results."""
+    """Open the run folder and its log at once (rank 0), then run the stages in it."""
     config.validate()
     with distributed_session(resolve_device(config.training.device)) as context:
-        progress = progress and context.is_main
-        started = time.perf_counter()
-        device = context.device
-        data = run_in_turns(context, lambda: prepare_data(config, progress=progress, device=device))
-        config.model.n_classes = len(data.index.class_names)
-        folder = start_run_folder(config, data, folder, resuming, context)
-        members = train_members(config, data, folder, context, resuming, progress)
         if not context.is_main:
-            return folder.path  # rank 0 alone tests the model and writes the results
-        assembled = assemble(config, data, members, device)
-        test = predict_rows(assembled.model, data, data.split.test, config, device)
-        metrics = score(assembled.model, members, data, config, device, test=test)
-        write_results(folder, config, assembled, members, metrics, started, clip_predictions(data, test))
-        return folder.path
+            return _stages(config, folder, resuming, progress, context)
+        if not resuming:
+            # The folder exists from the first second: config.json now (rewritten once the data give the
+            # class count) and train.log with every progress line, the feature cache's included.
+            folder = folder or RunFolder.create(config.runs_dir, config.name)
+            folder.path.mkdir(parents=True, exist_ok=True)
+            folder.write_config(config)
+        assert folder is not None
+        with folder.logging_to_file():
+            logger.info("run folder: %s (log: %s)", folder.path, RunFolder.LOG)
+            return _stages(config, folder, resuming, progress, context)
+
+
+def _stages(
+    config: RunConfig,
+    folder: RunFolder | None,
+    resuming: bool,
+    progress: bool,
+    context: DistributedContext,
+) -> Path:
+    """The stages of a run, in order: prepare data, train members, assemble, score, write results."""
+    progress = progress and context.is_main
+    started = time.perf_counter()
+    device = context.device
+    data = run_in_turns(context, lambda: prepare_data(config, progress=progress, device=device))
+    config.model.n_classes = len(data.index.class_names)
+    folder = start_run_folder(config, data, folder, resuming, context)
+    members = train_members(config, data, folder, context, resuming, progress)
+    if not context.is_main:
+        return folder.path  # rank 0 alone tests the model and writes the results
+    assembled = assemble(config, data, members, device)
+    test = predict_rows(assembled.model, data, data.split.test, config, device)
+    metrics = score(assembled.model, members, data, config, device, test=test)
+    write_results(folder, config, assembled, members, metrics, started, clip_predictions(data, test))
+    return folder.path
 
 
 def start_run_folder(
@@ -226,7 +249,6 @@ def start_run_folder(
             folder.path.mkdir(parents=True, exist_ok=True)
             folder.write_config(config)
         assert folder is not None
-        logger.info("run folder: %s", folder.path)
         logger.info(
             "split: %s (train %d, val %d, test %d clips)", data.split.description, *data.split.sizes.values()
         )
@@ -281,20 +303,29 @@ def train_members(
         train_set = FeatureDataset(
             data.features, data.labels, data.split.train, variants=data.variants, seed=training.seed
         )
-        result = fit(
-            model,
-            train_set,
-            val_set,
-            training,
-            config.augment,
-            context,
-            checkpoint,
-            history=EpochLog(
-                folder.history_path(member), folder.tensorboard_dir(member) if config.tensorboard else None
-            ),
-            resume=resume_member,
-            progress=progress,
+        history = EpochLog(
+            folder.history_path(member), folder.tensorboard_dir(member) if config.tensorboard else None
         )
+        if training.freeze_backbone and find_backbone(spec.model.name) is not None:
+            # A frozen pretrained backbone: each clip is embedded once and the head trains on the embeddings
+            # (one process does it all: there is too little work to share, and rank 0 alone keeps files).
+            rows = (data.split.train, data.split.val)
+            model.to(context.device)
+            log = history if context.is_main else None
+            result = fit_probe(model, data.features, data.labels, rows, training, config.augment, log)
+        else:
+            result = fit(
+                model,
+                train_set,
+                val_set,
+                training,
+                config.augment,
+                context,
+                checkpoint,
+                history=history,
+                resume=resume_member,
+                progress=progress,
+            )
         # Model selection is over for this member: the kept epoch's weights.
         model.load_state_dict(result.best_state)
         members.append(Member(model=model.eval(), result=result, seed=training.seed))

@@ -12,7 +12,8 @@ import io
 import json
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from pathlib import Path
@@ -128,6 +129,7 @@ class RunFolder:
     TEST_PREDICTIONS = "test_predictions.csv"
     TENSORBOARD = "tensorboard"  # event files of `--tensorboard`; ensemble members 2..: tensorboard/member2
     REPORT = "report.md"
+    LOG = "train.log"  # the run's log lines (INFO and above), as a terminal shows them
     # A cross-validation folder: its settings, the summary over folds and its rendering.
     CROSSVAL_SETTINGS = "crossval_config.json"
     CROSSVAL_SETTINGS_OLD = "config.json"  # what cross-validation folders were written with before
@@ -177,6 +179,26 @@ class RunFolder:
         """TensorBoard's log folder of ``member``: each member is a run of its own there, beside member 1."""
         folder = self.path / self.TENSORBOARD
         return folder if member == 1 else folder / f"member{member}"
+
+    @contextmanager
+    def logging_to_file(self) -> Iterator[Path]:
+        """Append the package's log lines to :attr:`LOG` while the block runs, so progress (feature cache,
+        variants, epochs) is on disk as well as on the terminal, from the first second of a run."""
+        path = self.file(self.LOG)
+        handler = logging.FileHandler(path, encoding="utf-8")
+        handler.setLevel(logging.INFO)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+        package_logger = logging.getLogger("urbansound")
+        level = package_logger.level
+        if package_logger.getEffectiveLevel() > logging.INFO:
+            package_logger.setLevel(logging.INFO)  # a library caller without logging set up still gets a log
+        package_logger.addHandler(handler)
+        try:
+            yield path
+        finally:
+            package_logger.removeHandler(handler)
+            package_logger.setLevel(level)
+            handler.close()
 
     def is_finished(self) -> bool:
         return self.metrics_path.is_file()
