@@ -82,13 +82,13 @@ def tta_accuracies(run_dir: Path, shifts: int, members: int) -> list[float]:
     return scores
 
 
-def deployment(model_path: Path, repeats: int = 20) -> dict[str, float]:
+def deployment(model_path: Path, repeats: int = 50) -> dict[str, float]:
     """Parameters, MACs and CPU latency of a model file (see :func:`cost`)."""
     model, spec = load_model_file(model_path)
     return cost(model, spec.audio.n_samples, repeats)
 
 
-def cost(model: torch.nn.Module, n_samples: int, repeats: int = 20) -> dict[str, float]:
+def cost(model: torch.nn.Module, n_samples: int, repeats: int = 50) -> dict[str, float]:
     """Parameters, MACs (convolutions and linear layers, STFT excluded) and median CPU latency of one 4 s
     clip (batch 1, the threads torch is given) of ``model`` in eval mode."""
     model.eval()

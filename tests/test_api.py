@@ -247,3 +247,26 @@ def test_embedding_of_several_views_is_their_mean() -> None:
             single.classify_normalized(features[..., start : start + 16])
         handle.remove()
         torch.testing.assert_close(several.embed(waves), torch.stack(captured).mean(dim=0))
+
+
+def test_events_are_those_of_the_prediction(tmp_path: Path) -> None:
+    """``clf.events`` gives what ``predict --events`` gives: the prediction's events at the same settings."""
+    from _tiny_model import SAMPLE_RATE, scene, tiny_model
+
+    from urbansound.config import EventConfig
+    from urbansound.events import prediction_events
+
+    clf = urbansound.Classifier.from_file(tiny_model(tmp_path / "tiny"))
+    rng = np.random.default_rng(3)
+    parts = [scene("background", 2.0, SAMPLE_RATE, rng), scene("siren", 3.0, SAMPLE_RATE, rng)]
+    recording = np.concatenate([*parts, scene("background", 2.0, SAMPLE_RATE, rng)])
+    events = clf.events(recording, sample_rate=SAMPLE_RATE, hop=0.25, merge_gap=0.25)
+    expected = prediction_events(
+        clf.predict(recording, sample_rate=SAMPLE_RATE, hop=0.25), EventConfig(merge_gap=0.25)
+    )
+    assert events == expected
+    sirens = [e for e in events if e.label == "siren"]
+    assert len(sirens) == 1 and abs(sirens[0].onset_s - 2.0) <= 0.5 and abs(sirens[0].offset_s - 5.0) <= 0.5
+    assert sirens[0].to_dict()["event_label"] == "siren"
+    with pytest.raises(ConfigError, match="threshold"):
+        clf.events(recording, sample_rate=SAMPLE_RATE, threshold=1.5)

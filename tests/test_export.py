@@ -176,6 +176,10 @@ def test_cli_export(model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixt
     out = capsys.readouterr().out
     assert str(target) in out and "input: audio" in out and "16000 Hz" in out and "parity" in out
     assert target.is_file()
+    # The outputs named are the graph's own, silence flag included.
+    names = [output.name for output in onnx.load(str(target)).graph.output]
+    assert names == ["logits", "probabilities", "level_dbfs", "silent"]
+    assert f"outputs: {', '.join(names)}\n" in out
     damaged = tmp_path / "damaged.safetensors"
     damaged.write_bytes(b"not a model")
     assert main(["-q", "export", str(damaged)]) == 2

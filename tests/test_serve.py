@@ -139,6 +139,24 @@ def test_bad_uploads_get_a_clear_4xx(client: TestClient) -> None:
         assert "Traceback" not in response.text, name
 
 
+def test_cli_serve_runs_the_model_on_one_thread_unless_asked(
+    model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A /stream hop is one window: on busy cores, intra-op threads made it ~60x slower (cli.py's note)."""
+    import torch
+
+    import urbansound.serve as serve_module
+
+    seen: list[int] = []
+    monkeypatch.setattr(serve_module, "serve", lambda model, **kwargs: seen.append(torch.get_num_threads()))
+    before = torch.get_num_threads()
+    assert main(["serve", str(model_path)]) == 0
+    assert main(["serve", str(model_path), "--threads", "3"]) == 0
+    assert seen == [1, 3]
+    assert torch.get_num_threads() == before  # restored for whatever runs next in this process
+    assert main(["serve", str(model_path), "--threads", "0"]) == 2
+
+
 def test_cli_serve_passes_limits_and_reports_bad_model(
     model_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

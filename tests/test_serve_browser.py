@@ -1,6 +1,7 @@
 """The web page in headless Chromium: pick a file (or an example clip), see the run named, waveform and
-spectrogram with time and frequency axes, the per-window strip under them, probability bars, and a player; a
-failed upload leaves nothing of the previous result.
+spectrogram with time and frequency axes, the per-window strip under them, sound events on the same axis and
+in a list, probability bars, and a player; silence is never shown as a class; a failed upload leaves nothing
+of the previous result.
 
 Needs Debian's ``chromium`` (``apt-get install chromium``) and the ``playwright`` package; never downloads a
 browser. Skipped with the reason when either is missing (CI installs both, see ``.ci/run``).
@@ -223,4 +224,67 @@ def test_an_example_clip_is_classified_with_one_click(browser: object, server_ur
     assert page.evaluate("document.body.dataset.state") == "done"
     assert page.inner_text("#status").startswith("siren.wav: siren")
     assert page.evaluate("document.getElementById('player').src").startswith("blob:")
+    assert errors == []
+
+
+def test_a_long_recording_shows_its_sound_events(browser: object, server_url: str, tmp_path: Path) -> None:
+    """Events (as POST /classify?events=true lists them) as markers on the strip's time axis and a table."""
+    rng = np.random.default_rng(12)
+    parts = [("background", 2.0), ("siren", 3.0), ("background", 2.0), ("dog_bark", 3.0)]
+    path = tmp_path / "street.wav"
+    sf.write(path, np.concatenate([scene(name, seconds, 16_000, rng) for name, seconds in parts]), 16_000)
+    page, errors = open_page(browser, server_url)
+    assert classify_file(page, path) == "done"
+    upload = {"file": {"name": path.name, "mimeType": "audio/wav", "buffer": path.read_bytes()}}
+    answer = page.request.post(f"{server_url}/classify?events=true&event_threshold=0.5", multipart=upload)
+    events = answer.json()["events"]
+    sirens = [e for e in events if e["event_label"] == "siren"]
+    assert sirens and any(e["onset"] < 5.0 and e["offset"] > 2.0 for e in sirens), events
+
+    assert page.locator("#event-block").is_visible()
+    rows = [row.split("\t") for row in page.locator("#event-table tbody tr").all_inner_texts()]
+    assert [(r[0], float(r[1]), float(r[2])) for r in rows] == [
+        (e["event_label"], round(e["onset"], 2), round(e["offset"], 2)) for e in events
+    ]
+    assert page.inner_text("#event-summary").startswith(f"{len(events)} event(s)")
+    marked = page.evaluate("document.getElementById('events').dataset.events").split(",")
+    marked = [m.split("@") for m in marked]
+    assert [(label, tuple(map(float, span.split("-")))) for label, span in marked] == [
+        (e["event_label"], (e["onset"], e["offset"])) for e in events
+    ]
+    # The siren's marker (tab10 red, the fourth class) spans its onset to offset on the shared time axis.
+    strip = pixels(page.locator("#events").screenshot())
+    red = (np.abs(strip - np.array([214, 39, 40])).sum(axis=2) < 40).any(axis=0)
+    width, duration = strip.shape[1], 10.0
+    x = lambda seconds: PLOT_LEFT + seconds / duration * (width - PLOT_LEFT - PLOT_RIGHT)  # noqa: E731
+    first = sirens[0]
+    assert red[int(x(first["onset"])) + 2 : int(x(first["offset"])) - 2].all()
+    assert not red[: int(x(first["onset"])) - 3].any()
+    page.screenshot(path=str(tmp_path / "page.png"), full_page=True)  # kept in the test's folder to look at
+
+    # A failed upload takes the events away with the rest.
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF" + bytes(200))
+    assert classify_file(page, broken) == "error"
+    assert page.locator("#event-block").is_hidden() and page.locator("#event-table tbody tr").count() == 0
+    assert page.evaluate("document.getElementById('events').dataset.events") is None
+    assert all("415" in error for error in errors), errors
+
+
+def test_silence_is_never_shown_as_a_class(browser: object, server_url: str, tmp_path: Path) -> None:
+    """The status line says what the server answered (silence, too_short), not the top class underneath."""
+    silent, short = tmp_path / "silent.wav", tmp_path / "short.wav"
+    sf.write(silent, np.zeros(4 * 16_000, dtype=np.float32), 16_000, subtype="PCM_16")
+    sf.write(short, np.random.default_rng(13).normal(0, 0.1, 10), 16_000)
+    page, errors = open_page(browser, server_url)
+    assert classify_file(page, silent) == "done"
+    assert page.inner_text("#status").startswith("silent.wav: silence (no class, level ")
+    assert page.locator("#bars").is_hidden()  # no class's probability to show
+    rows = [row.split("\t")[2:] for row in page.locator("#timeline tbody tr").all_inner_texts()]
+    assert len(rows) == 7 and all(row == ["silence", "-"] for row in rows)  # 1 s windows every 0.5 s
+    assert classify_file(page, short) == "done"
+    assert page.inner_text("#status").startswith("short.wav: too_short (no class, level ")
+    siren = tmp_path / "siren.wav"
+    sf.write(siren, scene("siren", 3.0, 16_000, np.random.default_rng(14)), 16_000)
+    assert classify_file(page, siren) == "done" and page.locator("#bars").is_visible()
     assert errors == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -190,3 +191,19 @@ def test_holdout_keeps_every_class_near_the_fraction_despite_uneven_recordings()
     groups = np.array([r.fs_id for r in records])
     _, first = next(StratifiedGroupKFold(5, shuffle=True, random_state=0).split(labels, labels, groups))
     assert class_share_deviation(labels, first, 0.2) > 0.4
+
+
+def test_a_tiny_default_test_fold_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    """A partial copy (folds 1-2 plus a stray clip in fold 7) defaults to testing on that one clip: say so."""
+    records = make_records(folds=[1, 2, 3])
+    records.append(dataclasses.replace(records[0], fold=7, fs_id="stray"))
+    with caplog.at_level(logging.WARNING, logger="urbansound.data.splits"):
+        split = fold_split(records, SplitConfig())
+    assert len(split.test) == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].startswith("test fold 7 holds 1 clip(s), the largest fold 48")
+    assert "1: 48, 2: 48, 3: 48, 7: 1" in warnings[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="urbansound.data.splits"):
+        fold_split(records, SplitConfig(test_fold=3, val_fold=2))
+    assert not caplog.records  # the even folds chosen: nothing to say

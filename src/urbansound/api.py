@@ -22,8 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from urbansound.config import EventConfig
 from urbansound.data.audio import stream_audio
 from urbansound.errors import ConfigError, DataError
+from urbansound.events import Event, prediction_events
 from urbansound.inference import Prediction, Predictor, StreamingWindows
 
 AudioSource = str | Path | np.ndarray  # a file path, or samples (samples,) / (samples, channels) in [-1, 1]
@@ -82,6 +84,28 @@ class Classifier:
             ConfigError: an array without ``sample_rate``.
         """
         return self.predictor.predict(source, sample_rate=sample_rate, hop=hop)
+
+    def events(
+        self,
+        source: AudioSource,
+        sample_rate: int | None = None,
+        hop: float | None = None,
+        threshold: float = EventConfig.threshold,
+        min_duration: float = EventConfig.min_duration,
+        merge_gap: float = EventConfig.merge_gap,
+    ) -> list[Event]:
+        """Sound events of one recording, as ``predict --events`` finds them: each an
+        :class:`~urbansound.events.Event` (``label``, ``onset_s``, ``offset_s``, ``peak_probability``;
+        ``to_dict()`` in DCASE's field names), sorted by onset. A class is active where its probability
+        reaches ``threshold``; events of one class closer than ``merge_gap`` seconds merge, and events shorter
+        than ``min_duration`` seconds are dropped. A smaller ``hop`` (seconds) places onsets more finely.
+
+        Raises:
+            ConfigError: a threshold outside (0, 1] or a negative duration; DataError as :meth:`predict`.
+        """
+        config = EventConfig(threshold=threshold, min_duration=min_duration, merge_gap=merge_gap)
+        config.validate()  # before the recording is classified
+        return prediction_events(self.predict(source, sample_rate=sample_rate, hop=hop), config)
 
     def predict_batch(
         self,
@@ -165,4 +189,4 @@ class Classifier:
         return embedding.astype(np.float32)
 
 
-__all__ = ["Classifier", "Prediction", "AudioSource"]
+__all__ = ["Classifier", "Prediction", "Event", "AudioSource"]

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -497,25 +498,45 @@ def add_listen_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=("text", "json"), default="text", help="one line per hop")
     parser.add_argument("--top-k", type=int, default=3, help="classes in each json line")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or mps")
-    # One window per hop is too little work to share: on 2 busy cores, 2 threads gave a median hop latency
-    # of 173 ms against 25 ms for 1 (benchmarks/RESULTS.md).
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads for the model (default: 1)")
+    add_threads_argument(parser)
     add_reject_arguments(parser)
 
 
-def cmd_listen(args: argparse.Namespace) -> int:
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    """``--threads`` of ``listen`` and ``serve``: torch's intra-op CPU threads while the command runs."""
+    # One window per hop is too little work to share: on 2 busy cores, 2 threads gave a median hop latency
+    # of 173 ms against 25 ms for 1 (benchmarks/RESULTS.md), and 786 ms against 13 ms for a served /stream
+    # hop (and 2.1 s against 0.3 s for a 60 s upload) while another job trained.
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads for the model; more can speed up long recordings on idle cores, but slow each "
+        "live hop when the cores are busy (default: 1)",
+    )
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run the body with torch's intra-op thread count set to ``threads``, then restore it (``main()`` may be
+    called again in this process: tests, scripts)."""
     import torch
 
+    if threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {threads}")
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def cmd_listen(args: argparse.Namespace) -> int:
     from urbansound.inference import Predictor
 
-    if args.threads < 1:
-        raise ConfigError(f"--threads must be at least 1, got {args.threads}")
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(args.threads)
-    try:
+    with torch_threads(args.threads):
         return _listen(args, Predictor.from_file(args.model, device=args.device))
-    finally:
-        torch.set_num_threads(previous_threads)  # main() may be called again in this process (tests, scripts)
 
 
 def _listen(args: argparse.Namespace, predictor: Predictor) -> int:
@@ -551,13 +572,13 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from urbansound.export import export_model
+    from urbansound.export import OUTPUT_NAMES, export_model
 
     result = export_model(args.model, args.format, args.output, check=not args.no_check)
     print(f"{result.format} model: {result.path}")
     print(
         f"  input: {result.input} (mono float32 waveforms, batch x samples, at {result.sample_rate} Hz; "
-        f"windows of {result.window_samples} samples); outputs: logits, probabilities"
+        f"windows of {result.window_samples} samples); outputs: {', '.join(OUTPUT_NAMES)}"
     )
     if result.max_abs_diff_probabilities is not None:
         print(f"  parity with PyTorch: max |probability difference| {result.max_abs_diff_probabilities:.1e}")
@@ -577,6 +598,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="offer the audio files in DIR (up to 12, by name) as examples the page classifies in one click",
     )
+    add_threads_argument(parser)
     add_reject_arguments(parser)
 
 
@@ -585,16 +607,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if args.max_upload_mb <= 0 or args.max_duration <= 0:
         raise ConfigError("--max-upload-mb and --max-duration must be positive")
-    serve(
-        args.model,
-        host=args.host,
-        port=args.port,
-        max_upload_bytes=int(args.max_upload_mb * 2**20),
-        max_duration_s=args.max_duration,
-        device=args.device,
-        reject=reject_overrides(args),
-        examples_dir=args.examples,
-    )
+    with torch_threads(args.threads):  # the process's setting: uploads and /stream hops alike
+        serve(
+            args.model,
+            host=args.host,
+            port=args.port,
+            max_upload_bytes=int(args.max_upload_mb * 2**20),
+            max_duration_s=args.max_duration,
+            device=args.device,
+            reject=reject_overrides(args),
+            examples_dir=args.examples,
+        )
     return 0
 
 

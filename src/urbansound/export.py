@@ -58,6 +58,8 @@ INPUT_KIND = "audio"
 SUFFIXES = {"onnx": f".{INPUT_KIND}.onnx", "torchscript": f".{INPUT_KIND}.torchscript.pt"}
 # ONNX opset: 17 is supported by every onnxruntime since 1.11 and has all the operators used here.
 OPSET = 17
+# What the exported graphs return, in order (the module docstring says their shapes).
+OUTPUT_NAMES = ("logits", "probabilities", "level_dbfs", "silent")
 # Largest accepted |probability difference| between the export and PyTorch on the parity inputs.
 PARITY_TOLERANCE = 1e-4
 
@@ -248,11 +250,9 @@ def export_onnx(model: AudioClassifier, spec: ModelSpec, path: Path) -> None:
             dynamo=False,
             opset_version=OPSET,
             input_names=["audio"],
-            output_names=["logits", "probabilities", "level_dbfs", "silent"],
+            output_names=list(OUTPUT_NAMES),
             # Only the batch is dynamic: a window of another length would silently change the answer.
-            dynamic_axes={
-                name: {0: "batch"} for name in ("audio", "logits", "probabilities", "level_dbfs", "silent")
-            },
+            dynamic_axes={name: {0: "batch"} for name in ("audio", *OUTPUT_NAMES)},
         )
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto)

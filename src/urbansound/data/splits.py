@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -142,9 +143,33 @@ def fold_split(records: Sequence[ClipRecord], config: SplitConfig, seed: int = 0
         val_text = f"validation {config.val_fraction:.0%} of training recordings (by fsID)"
     else:
         raise ConfigError("choose a validation fold or a validation fraction")
+    warn_small_folds(records, {"test": test_fold, "validation": val_fold})
     folds_text = ",".join(map(str, train_folds))
     description = f"train folds {folds_text}, {val_text}, test fold {test_fold}"
     return Split(train=train, val=val, test=test, description=description)
+
+
+# A test or validation fold holding less than this share of the largest fold's clips says little; a partial
+# copy of a dataset (a fold or two, plus a few stray clips) makes such a fold the default "last fold".
+SMALL_FOLD_SHARE = 0.1
+
+
+def warn_small_folds(records: Sequence[ClipRecord], roles: dict[str, int | None]) -> None:
+    """Warn about each fold in ``roles`` (role -> fold; None: not used) that holds few clips."""
+    sizes = Counter(r.fold for r in records)
+    largest = max(sizes.values())
+    for role, fold in roles.items():
+        if fold is not None and sizes[fold] < SMALL_FOLD_SHARE * largest:
+            per_fold = ", ".join(f"{f}: {n}" for f, n in sorted(sizes.items()))
+            logger.warning(
+                "%s fold %d holds %d clip(s), the largest fold %d: its accuracy says little "
+                "(clips per fold: %s); choose another with --test-fold / --val-fold, or --val-fraction",
+                role,
+                fold,
+                sizes[fold],
+                largest,
+                per_fold,
+            )
 
 
 def seed_random_split(n_clips: int, seed: int = 0) -> Split:
