@@ -302,6 +302,8 @@ def test_resume_of_a_finished_run_changes_nothing_unless_reevaluate(
     assert after["metrics.json"][0] != before["metrics.json"][0]  # scored and written again
     old, new = (json.loads(after_or_before["metrics.json"][1]) for after_or_before in (before, after))
     assert new["test_accuracy"] == old["test_accuracy"]  # the same kept weights
+    # Same weights, metrics and temperature: the model file is written again byte for byte.
+    assert after["model.safetensors"][1] == before["model.safetensors"][1]
 
 
 def test_cache_info_clear_and_first_build_announcement(

@@ -25,7 +25,7 @@ from urbansound.evaluation.plots import (
     plot_history,
     row_normalise,
 )
-from urbansound.evaluation.report import RUN_FILES, write_report
+from urbansound.evaluation.report import RUN_FILES, render_report, write_report
 from urbansound.features.spectrogram import band_frequencies
 from urbansound.io_utils import atomic_write_bytes, atomic_write_json, atomic_write_text
 from urbansound.training.run_folder import RunFolder
@@ -330,3 +330,14 @@ def test_report_names_recipe_and_augmentation_and_the_split_once(tmp_path: Path)
 def test_report_survives_sparse_inputs(tmp_path: Path) -> None:
     text = write_report(tmp_path, {}, {"test_accuracy": 0.5}, []).read_text()
     assert "50.0%" in text and "n/a" in text
+
+
+def test_report_lists_tensorboard_only_when_the_run_wrote_it() -> None:
+    link = f"- [{RunFolder.TENSORBOARD}/]({RunFolder.TENSORBOARD}/): "
+    metrics = {"test_accuracy": 0.5}
+    plain = render_report("run", RunConfig().to_dict(), metrics, [])
+    assert RunFolder.TENSORBOARD not in plain
+    logged = render_report("run", RunConfig(tensorboard=True).to_dict(), metrics, [])
+    assert link in logged
+    files = logged.split("## Files", 1)[1]
+    assert files.index(f"[{RunFolder.LOG}]") < files.index(link)  # after the files every run has

@@ -227,3 +227,44 @@ def test_missing_model_file_is_named(tmp_path: Path) -> None:
         with pytest.raises(DataError) as error:
             reader(path)
         assert str(path) in str(error.value) and "not found" in str(error.value)
+
+
+def header(path: Path) -> tuple[int, bytes]:
+    """The header length a safetensors file declares and the header's bytes."""
+    raw = path.read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+    return length, raw[8 : 8 + length]
+
+
+def test_the_same_model_saved_again_gives_the_same_bytes(tmp_path: Path, spec: ModelSpec) -> None:
+    """safetensors orders the metadata at random (a Rust HashMap): the file sorts it, so that rewriting an
+    unchanged model (``train --resume RUN --reevaluate``) reproduces the file byte for byte."""
+    model = trained_like(spec)
+    extra = {"val_accuracy": 0.5, "best_epoch": 2}
+    paths = [save_model_file(tmp_path / f"m{i}.safetensors", model, spec, extra=extra) for i in range(8)]
+    assert len({path.read_bytes() for path in paths}) == 1
+    length, text = header(paths[0])
+    assert length % 8 == 0  # the tensor data stays 8-byte aligned
+    metadata = json.loads(text)["__metadata__"]
+    assert list(metadata) == sorted(metadata)
+    assert read_model_spec(paths[0]) == (spec, extra)
+
+
+def test_sorting_a_header_of_another_length_moves_the_tensors(tmp_path: Path) -> None:
+    from urbansound.modelfile import sort_header_metadata
+
+    tensors = {"a": torch.arange(5, dtype=torch.float32), "b": torch.ones(3, dtype=torch.int64)}
+    path = tmp_path / "spaced.safetensors"
+    save_file(tensors, str(path), metadata={"z": "1", "a": "2"})
+    length, text = header(path)
+    spaced = json.dumps(json.loads(text), indent=1).encode()  # valid, but longer than safetensors writes
+    spaced += b" " * (-len(spaced) % 8)
+    path.write_bytes(struct.pack("<Q", len(spaced)) + spaced + path.read_bytes()[8 + length :])
+    sort_header_metadata(path)
+    new_length, new_text = header(path)
+    assert new_length < len(spaced) and new_length % 8 == 0
+    assert list(json.loads(new_text)["__metadata__"]) == ["a", "z"]
+    with safe_open(str(path), framework="pt") as handle:
+        assert handle.metadata() == {"a": "2", "z": "1"}
+        for name, tensor in tensors.items():
+            assert torch.equal(handle.get_tensor(name), tensor)

@@ -75,8 +75,9 @@ def test_curves_carry_their_new_name_and_the_report_links_every_output(finished_
     assert finished_run.file("train_val_loss_accuracy.png").is_file()
     assert not finished_run.file("train_test_loss.png").exists()
     report = finished_run.file(RunFolder.REPORT).read_text()
-    for name in (RunFolder.HISTORY_PLOT, RunFolder.TEST_PREDICTIONS):
+    for name in (RunFolder.HISTORY_PLOT, RunFolder.TEST_PREDICTIONS, f"{RunFolder.TENSORBOARD}/"):
         assert f"[{name}]({name})" in report
+    assert finished_run.tensorboard_dir().is_dir()  # --tensorboard: the linked folder is there
     assert "- **Augmentation:** none" in report
     assert "kept (the last epoch):** 2" in report
 

@@ -4,6 +4,7 @@ class, through every interface: the Python API, ``predict``, the server, and the
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import math
@@ -161,3 +162,78 @@ def test_exports_flag_silence_and_refuse_other_lengths(model_path: Path, tmp_pat
             module(torch.from_numpy(short))
     assert silent.tolist() == [True, False]
     assert levels[0] == LEVEL_FLOOR_DBFS and levels[1] == pytest.approx(level(audio[1]), abs=0.01)
+
+
+def test_silence_and_too_short_carry_no_class_answer(predictor: Predictor) -> None:
+    silent = predictor.predict(np.zeros(3 * SAMPLE_RATE, np.float32), sample_rate=SAMPLE_RATE)
+    short = predictor.predict(np.full(10, 0.1, np.float32), sample_rate=SAMPLE_RATE)
+    for prediction, status in ((silent, "silence"), (short, "too_short")):
+        assert prediction.status == status
+        assert prediction.probability is None and prediction.top_k(3) == []
+        assert all(w.probability is None for w in prediction.windows)
+        as_dict = prediction.to_dict(top_k=3)
+        assert as_dict["clip"]["probability"] is None and as_dict["clip"]["top_k"] == []
+        assert all(w["probability"] is None for w in as_dict["timeline"])
+        assert json.loads(json.dumps(as_dict))["clip"]["label"] == status  # still JSON-ready
+        # The model's raw output stays available underneath.
+        assert prediction.probabilities.shape == (len(predictor.class_names),)
+
+
+def test_unknown_keeps_its_probabilities(predictor: Predictor) -> None:
+    unsure = Predictor(predictor.model, predictor.spec)
+    unsure.reject = replace(unsure.reject, min_confidence=1.0)  # no softmax reaches 1: always unknown
+    rng = np.random.default_rng(6)
+    prediction = unsure.predict(scene("siren", 2.0, SAMPLE_RATE, rng).astype(np.float32), SAMPLE_RATE)
+    assert prediction.label == "unknown" and prediction.status == "unknown"
+    assert prediction.probability == pytest.approx(float(prediction.probabilities.max()))
+    top = prediction.top_k(3)
+    assert len(top) == 3 and top[0]["label"] in predictor.class_names
+    assert all(w.status == "unknown" and w.probability is not None for w in prediction.windows)
+    assert prediction.to_dict()["clip"]["probability"] == prediction.probability
+
+
+def test_predict_outputs_list_no_class_for_silence(
+    model_path: Path, files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    names = read_model_spec(model_path)[0].class_names
+    args = ["-q", "predict", str(model_path), str(files["silent"]), str(files["short"]), "--workers", "0"]
+    assert main([*args, "--format", "json"]) == 0
+    for result in json.loads(capsys.readouterr().out):
+        assert result["clip"]["probability"] is None and result["clip"]["top_k"] == []
+        assert all(w["probability"] is None for w in result["timeline"])
+    assert main([*args, "--format", "csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert {row["status"] for row in rows} == {"silence", "too_short"}
+    assert all(row["label_1"] == "" and row["probability_1"] == "" for row in rows)
+    assert main([*args, "--timeline"]) == 0
+    text = capsys.readouterr().out
+    assert "silence" in text and not any(name in text for name in names)
+
+
+def test_server_sends_no_class_answer_for_silence(model_path: Path, files: dict[str, Path]) -> None:
+    pytest.importorskip("fastapi", reason="the 'serve' extra is not installed")
+    from fastapi.testclient import TestClient
+
+    from urbansound.serve import create_app
+    from urbansound.serve.schemas import ClassifyResponse
+
+    client = TestClient(create_app(model_path))
+    data = files["silent"].read_bytes()
+    response = client.post("/classify", files={"file": ("silent.wav", io.BytesIO(data), "audio/wav")})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["clip"]["probability"] is None and body["clip"]["top_k"] == []
+    assert all(w["probability"] is None for w in body["timeline"])
+    ClassifyResponse.model_validate(body)  # the documented schema allows what is sent
+    models = client.get("/openapi.json").json()["components"]["schemas"]
+    for model in ("ClipResult", "WindowResult"):
+        field = models[model]["properties"]["probability"]
+        assert {"type": "null"} in field["anyOf"], f"{model}.probability is not documented as nullable"
+
+
+def test_live_silence_carries_no_class_answer(predictor: Predictor) -> None:
+    from urbansound.live import LiveClassifier
+
+    (result,) = LiveClassifier(predictor).push(np.zeros(predictor.window, np.float32))
+    assert result.status == "silence" and result.probability is None and result.top_k == []
+    assert result.to_dict()["probability"] is None and "-" in result.text()

@@ -32,12 +32,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from urbansound.config import EventConfig
+from urbansound.inference import NOT_HEARD  # statuses of windows that hold no sound to detect
 
 if TYPE_CHECKING:
     from urbansound.inference import Prediction
-
-# Statuses of windows that hold no sound to detect (see urbansound.inference).
-_NOT_HEARD = ("silence", "too_short")
 
 
 @dataclass(frozen=True)
@@ -113,7 +111,7 @@ def prediction_events(prediction: Prediction, config: EventConfig | None = None)
         np.array([w.start_s for w in windows]), np.array([w.end_s for w in windows]), prediction.duration_s
     )
     probabilities = np.stack([w.probabilities for w in windows])  # (windows, n_classes)
-    heard = np.array([w.status not in _NOT_HEARD for w in windows])
+    heard = np.array([w.status not in NOT_HEARD for w in windows])
     return detect_events(edges, probabilities, prediction.class_names, config, heard)
 
 

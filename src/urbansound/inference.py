@@ -59,6 +59,9 @@ DEFAULT_HOP_FRACTION = 0.5
 LEVEL_FLOOR_DBFS = -200.0
 # What a window or clip is reported as instead of a class (never one of the model's classes).
 SILENCE, TOO_SHORT, UNKNOWN = "silence", "too_short", "unknown"
+# Statuses of windows and clips with no sound to classify: they carry no class answer (no probability, no
+# top-k). ``unknown`` is not one: its best guess, below the confidence floor, is still reported.
+NOT_HEARD = (SILENCE, TOO_SHORT)
 
 # Blocks each decoding worker may have in flight: a few short files' worth of read-ahead, so the model does
 # not wait on decoding, while a long file's blocks stay a few MB in all.
@@ -71,9 +74,9 @@ class Window:
 
     start_s: float
     end_s: float
-    label: str  # the most probable class
-    probability: float  # its probability
-    probabilities: np.ndarray  # (n_classes,), in the model's class order
+    label: str  # the most probable class (or the status, when one is set)
+    probability: float | None  # its probability; None when the status is silence or too_short
+    probabilities: np.ndarray  # (n_classes,), in the model's class order (the model's raw output)
     level_dbfs: float | None = None  # RMS level of the window's samples (padding excluded)
     status: str | None = None  # "silence", "too_short" or "unknown" (then also the label); None: a class
 
@@ -82,7 +85,7 @@ class Window:
             "start_s": round(self.start_s, 4),
             "end_s": round(self.end_s, 4),
             "label": self.label,
-            "probability": float(self.probability),
+            "probability": None if self.probability is None else float(self.probability),
             "status": self.status,
             "level_dbfs": None if self.level_dbfs is None else round(self.level_dbfs, 2),
             "probabilities": {
@@ -110,12 +113,18 @@ class Prediction:
         return self.class_names[int(np.argmax(self.probabilities))]
 
     @property
-    def probability(self) -> float:
+    def probability(self) -> float | None:
+        """The most probable class's probability; None for silence and too-short input (no class)."""
+        if self.status in NOT_HEARD:
+            return None
         return float(np.max(self.probabilities))
 
     def top_k(self, k: int = 3) -> list[dict[str, Any]]:
         """The ``k`` most probable classes, most probable first, as ``{"label", "score"}`` (the score is the
-        clip-level probability; the shape Hugging Face's audio-classification pipeline returns)."""
+        clip-level probability; the shape Hugging Face's audio-classification pipeline returns). Empty for
+        silence and too-short input; ``unknown`` lists the classes it was unsure between."""
+        if self.status in NOT_HEARD:
+            return []
         order = np.argsort(-self.probabilities, kind="stable")[: max(1, k)]
         return [{"label": self.class_names[i], "score": float(self.probabilities[i])} for i in order]
 
@@ -527,14 +536,14 @@ class Predictor:
                     start_s=float(start) / self.sample_rate,
                     end_s=float(min(start + self.window, max(n_samples, 1))) / self.sample_rate,
                     label=status or self.class_names[best],
-                    probability=float(probs[best]),
+                    probability=None if status in NOT_HEARD else float(probs[best]),
                     probabilities=probs,
                     level_dbfs=level,
                     status=status,
                 )
             )
         # Silent and too-short windows say nothing about the class: the clip averages the others.
-        heard = [i for i, w in enumerate(windows) if w.status not in (SILENCE, TOO_SHORT)]
+        heard = [i for i, w in enumerate(windows) if w.status not in NOT_HEARD]
         clip = probabilities[heard].mean(axis=0) if heard else probabilities.mean(axis=0)
         if not heard:
             status = windows[0].status

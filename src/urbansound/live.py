@@ -27,7 +27,7 @@ import numpy as np
 
 from urbansound.data.audio import stream_audio
 from urbansound.errors import ConfigError
-from urbansound.inference import Predictor, StreamingWindows, window_levels
+from urbansound.inference import NOT_HEARD, Predictor, StreamingWindows, window_levels
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +44,11 @@ class HopResult:
     start_s: float
     end_s: float
     label: str  # the most probable class, or "silence" / "unknown"
-    probability: float  # the top class's probability
+    probability: float | None  # the top class's probability; None for silence (no class answer)
     status: str | None  # "silence" or "unknown" when the label is not a class
     level_dbfs: float
     latency_ms: float  # from the arrival of the window's last sample to this result
-    top_k: list[tuple[str, float]]
+    top_k: list[tuple[str, float]]  # empty for silence
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -56,7 +56,7 @@ class HopResult:
             "start_s": round(self.start_s, 4),
             "end_s": round(self.end_s, 4),
             "label": self.label,
-            "probability": round(self.probability, 6),
+            "probability": None if self.probability is None else round(self.probability, 6),
             "status": self.status,
             "level_dbfs": round(self.level_dbfs, 2),
             "latency_ms": round(self.latency_ms, 2),
@@ -65,8 +65,8 @@ class HopResult:
 
     def text(self) -> str:
         """One line: window, label, probability, level, latency."""
-        # A silent window's class probability means nothing: its level is what counts.
-        shown = "     - " if self.status == "silence" else f"{100 * self.probability:5.1f} %"
+        # A silent window has no class probability: its level is what counts.
+        shown = "     - " if self.probability is None else f"{100 * self.probability:5.1f} %"
         return (
             f"{self.start_s:9.2f}-{self.end_s:<9.2f} {self.label:<20s} {shown}  "
             f"{self.level_dbfs:6.1f} dBFS  latency {self.latency_ms:6.1f} ms"
@@ -108,17 +108,18 @@ class LiveClassifier:
             status = self.predictor.window_status(probs, float(level), self._cutter.n_samples)
             order = np.argsort(-probs, kind="stable")[: self.top_k]
             names = self.predictor.class_names
+            heard = status not in NOT_HEARD  # silence carries no class answer
             results.append(
                 HopResult(
                     index=self._index,
                     start_s=start / self.sample_rate,
                     end_s=(start + self.predictor.window) / self.sample_rate,
                     label=status or names[int(order[0])],
-                    probability=float(probs[order[0]]),
+                    probability=float(probs[order[0]]) if heard else None,
                     status=status,
                     level_dbfs=float(level),
                     latency_ms=latency_ms,
-                    top_k=[(names[i], float(probs[i])) for i in order],
+                    top_k=[(names[i], float(probs[i])) for i in order] if heard else [],
                 )
             )
             self._index += 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,7 +126,35 @@ def save_model_file(
     # into a ResourceError naming this file.
     with atomic_output(path, "the model file", expected_bytes=size) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
+        sort_header_metadata(tmp)
     return path
+
+
+def sort_header_metadata(path: Path) -> None:
+    """Rewrite a safetensors file's header with its metadata in key order, so that equal weights and
+    metadata give equal bytes.
+
+    safetensors (0.8) keeps the metadata in a Rust ``HashMap``, whose order is randomised per process and per
+    map: two saves of the same model (``train --resume RUN --reevaluate`` of a finished run) otherwise
+    differ in the header alone. Only the order changes, so the header keeps its length (padded with spaces
+    to 8 bytes, as safetensors aligns the tensor data) and is patched in place; should its length change
+    (an escaping difference), the tensor data is moved after it.
+    """
+    with open(path, "r+b") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        header = json.loads(handle.read(length))
+        if "__metadata__" in header:
+            header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        text += b" " * (-len(text) % 8)
+        if len(text) == length:
+            handle.seek(8)
+            handle.write(text)
+            return
+        data = handle.read()  # the tensors, moved to follow the new header
+        handle.seek(0)
+        handle.write(struct.pack("<Q", len(text)) + text + data)
+        handle.truncate()
 
 
 def read_model_spec(path: str | Path) -> tuple[ModelSpec, dict[str, Any]]:

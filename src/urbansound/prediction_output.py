@@ -9,12 +9,15 @@ Formats (``top_k`` classes per result, most probable first):
   "probabilities": {class: p}}, "timeline": [{"start_s", "end_s", "label", "probability",
   "probabilities"}], "error"}``; a failed file has ``"error": reason``, ``clip`` null, ``timeline`` [].
 * ``csv``: per file one ``clip`` row (the whole recording) then one ``window`` row per window, columns
-  ``file, scope, start_s, end_s, label_1, probability_1, ..., label_k, probability_k, error``; a failed file
-  is one row with scope ``error`` and its reason.
+  ``file, scope, start_s, end_s, label_1, probability_1, ..., label_k, probability_k, status,
+  level_dbfs, error``; a failed file is one row with scope ``error`` and its reason.
 * ``tsv``: sound events in DCASE's format, ``file<TAB>onset<TAB>offset<TAB>event_label`` (implies events).
 
 A window or clip with no class says why in place of its label: ``silence`` (below the level floor, with its
-level in dBFS), ``too_short`` or ``unknown`` (below ``--min-confidence``). With events (``predict --events``)
+level in dBFS), ``too_short`` or ``unknown`` (below ``--min-confidence``). ``silence`` and ``too_short`` carry
+no class answer: JSON ``probability`` null and ``top_k`` [], no classes in text, empty ``label_i`` /
+``probability_i`` cells in CSV (``probabilities`` keeps the model's raw output). ``unknown`` keeps its
+probability and top classes: the classes it was unsure between. With events (``predict --events``)
 JSON adds ``"events": [{"event_label", "onset", "offset", "peak_probability"}]``, text one line per event
 and CSV one ``event`` row per event (label_1 its class, probability_1 its peak probability).
 """
@@ -33,7 +36,7 @@ import soundfile
 
 from urbansound.config import EventConfig
 from urbansound.events import dcase_tsv, prediction_events
-from urbansound.inference import SILENCE, TOO_SHORT, FileResult, Prediction
+from urbansound.inference import NOT_HEARD, FileResult, Prediction
 from urbansound.io_utils import atomic_write_text
 
 FORMATS = ("text", "json", "csv", "tsv")
@@ -104,7 +107,7 @@ def format_text(
     prediction: Prediction = result.prediction
     n = len(prediction.windows)
     lines = [f"{result.path}  ({prediction.duration_s:.2f} s, {n} window{'s' if n != 1 else ''})"]
-    if prediction.status in (SILENCE, TOO_SHORT):  # no class to list
+    if prediction.status in NOT_HEARD:  # no class to list
         lines.append(f"  {prediction.status:<20s} level {prediction.level_dbfs:.1f} dBFS")
     else:
         if prediction.status is not None:  # unknown: the classes it was unsure between follow
@@ -113,8 +116,8 @@ def format_text(
     if timeline:
         lines += [
             f"    {w.start_s:8.2f}-{w.end_s:<8.2f} {w.label:<20s} "
-            # a silent or too-short window's class probability means nothing: its level is what counts
-            + ("     - " if w.status in (SILENCE, TOO_SHORT) else f"{100 * w.probability:5.1f} %")
+            # a silent or too-short window has no class probability: its level is what counts
+            + ("     - " if w.probability is None else f"{100 * w.probability:5.1f} %")
             + ("" if w.level_dbfs is None else f"  {w.level_dbfs:6.1f} dBFS")
             for w in prediction.windows
         ]
@@ -140,8 +143,10 @@ def csv_rows(result: FileResult, top_k: int, events: EventConfig | None = None) 
         return [[str(result.path), "error", "", "", *empty, "", "", result.error or ""]]
     prediction = result.prediction
 
-    def ranked(probabilities: Sequence[float]) -> list[str]:
-        order = sorted(range(len(probabilities)), key=lambda i: -probabilities[i])[:top_k]
+    def ranked(probabilities: Sequence[float], status: str | None) -> list[str]:
+        """The top classes' cells; none for silence and too-short input (no class answer)."""
+        shown = 0 if status in NOT_HEARD else top_k
+        order = sorted(range(len(probabilities)), key=lambda i: -probabilities[i])[:shown]
         cells = [cell for i in order for cell in (prediction.class_names[i], f"{probabilities[i]:.6f}")]
         return cells + [""] * (2 * top_k - len(cells))
 
@@ -151,7 +156,7 @@ def csv_rows(result: FileResult, top_k: int, events: EventConfig | None = None) 
             "clip",
             "0.0000",
             f"{prediction.duration_s:.4f}",
-            *ranked(list(prediction.probabilities)),
+            *ranked(list(prediction.probabilities), prediction.status),
             *_status_cells(prediction.status, prediction.level_dbfs),
             "",
         ]
@@ -162,7 +167,7 @@ def csv_rows(result: FileResult, top_k: int, events: EventConfig | None = None) 
             "window",
             f"{w.start_s:.4f}",
             f"{w.end_s:.4f}",
-            *ranked(list(w.probabilities)),
+            *ranked(list(w.probabilities), w.status),
             *_status_cells(w.status, w.level_dbfs),
             "",
         ]

@@ -33,6 +33,11 @@ RUN_FILES = (
     (RunFolder.CONFIG, "the resolved configuration of this run"),
     (RunFolder.LOG, "the run's log, every progress line as printed"),
 )
+# Listed only for runs with ``--tensorboard`` (config ``tensorboard``), the only ones that write it.
+TENSORBOARD_FILES = (
+    f"{RunFolder.TENSORBOARD}/",
+    "TensorBoard event files: per-epoch curves and the test confusion matrix (`tensorboard --logdir` it)",
+)
 
 
 def write_report(
@@ -134,7 +139,7 @@ def render_report(
         lines.append(f"- **Data:** `{data_dir}`")
 
     lines += _results_lines(metrics, training, history)
-    lines += _files_lines()
+    lines += _files_lines(tensorboard=bool(config.get("tensorboard")))
     return "\n".join(lines)
 
 
@@ -190,10 +195,11 @@ def _results_lines(
     return lines
 
 
-def _files_lines() -> list[str]:
-    """Links to the run folder's files and the two plots."""
+def _files_lines(tensorboard: bool = False) -> list[str]:
+    """Links to the run folder's files (``tensorboard/`` when the run wrote it) and the two plots."""
     lines = ["", "## Files", ""]
-    lines += [f"- [{name}]({name}): {what}" for name, what in RUN_FILES]
+    files = (*RUN_FILES, TENSORBOARD_FILES) if tensorboard else RUN_FILES
+    lines += [f"- [{name}]({name}): {what}" for name, what in files]
     lines += [
         "",
         f"![Training history]({RunFolder.HISTORY_PLOT})",

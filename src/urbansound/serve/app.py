@@ -296,11 +296,11 @@ def classify_upload(
     if events is not None:
         result["events"] = [event.to_dict() for event in prediction_events(prediction, events)]
     logger.info(
-        "classified %s (%.1f s): %s %.2f in %.0f ms",
+        "classified %s (%.1f s): %s %s in %.0f ms",
         filename,
         prediction.duration_s,
         prediction.label,
-        prediction.probability,
+        "-" if prediction.probability is None else f"{prediction.probability:.2f}",
         1000 * (time.perf_counter() - started),
     )
     return result

@@ -22,10 +22,14 @@ class ClassScore(_Response):
 
 class ClipResult(_Response):
     label: str = Field(description="the most probable class (or the status, when one is set)")
-    probability: float = Field(description="its probability, 0..1")
+    probability: float | None = Field(
+        description="its probability, 0..1; null for silence and too_short (no class; unknown keeps it)"
+    )
     status: str | None = Field(None, description="silence, too_short or unknown; null: a class was found")
     level_dbfs: float | None = Field(None, description="level of the loudest window, dB re full scale")
-    top_k: list[ClassScore] = Field(description="the most probable classes, most probable first")
+    top_k: list[ClassScore] = Field(
+        description="the most probable classes, most probable first; empty for silence and too_short"
+    )
     probabilities: dict[str, float] = Field(description="every class's probability, mean over the windows")
 
 
@@ -33,7 +37,7 @@ class WindowResult(_Response):
     start_s: float = Field(description="window start, seconds from the recording's start")
     end_s: float = Field(description="window end, seconds")
     label: str
-    probability: float
+    probability: float | None = Field(description="the top class's probability; null: silence, too_short")
     status: str | None = None
     level_dbfs: float | None = None
     probabilities: dict[str, float]
