@@ -45,7 +45,11 @@ LEVERS: dict[str, dict[str, dict[str, Any]]] = {
     "deltas": {"model": {"deltas": 2}},
     "crop3": {"model": {"crop_seconds": 3.0}},
     "freqpos": {"model": {"freq_channel": True}},
+    "deltas+freqpos": {"model": {"deltas": 2, "freq_channel": True}},
 }
+# ``--levers default`` in the levers step: today's default itself as a 2-seed candidate (round 5's footing,
+# without the teacher step's test-time shifts and students).
+NESTED_EXTRA: dict[str, dict[str, dict[str, Any]]] = {"default": {}}
 TTA_SHIFTS = 4  # test-time shifts of +-0.5 s and +-1 s
 
 
@@ -149,7 +153,8 @@ def nested(args: argparse.Namespace) -> None:
                 )
         if "levers" in args.steps:
             for name in args.levers:
-                config = inner_config(LEVERS[name], csv_path, audio, group, args.work, name, base="default")
+                overrides = NESTED_EXTRA[name] if name in NESTED_EXTRA else LEVERS[name]
+                config = inner_config(overrides, csv_path, audio, group, args.work, name, base="default")
                 config.model.ensemble = 2
                 config.name = f"lever-{name}-x2-g{group}"
                 run = train(config, progress=False)
