@@ -182,9 +182,7 @@ def deploy(args: argparse.Namespace) -> None:
     for name, overrides in configs.items():
         config = apply_recipe(RunConfig(), "default")
         config.model.ensemble = 1
-        for section, values in overrides.items():
-            for key, value in values.items():
-                setattr(getattr(config, section), key, value)
+        apply_overrides(config, overrides)
         spec = ModelSpec(config.audio, config.features, config.model, [str(i) for i in range(10)])
         record(
             args.out,
@@ -217,6 +215,13 @@ def render(args: argparse.Namespace) -> None:
     for e in entries:
         if e["phase"] in ("dev", "deploy"):
             print(json.dumps(e))
+
+
+def apply_overrides(config: RunConfig, overrides: dict[str, dict[str, object]]) -> None:
+    """Set a lever's settings ({section: {field: value}}) on ``config`` in place."""
+    for section, values in overrides.items():
+        for key, value in values.items():
+            setattr(getattr(config, section), key, value)
 
 
 def dev_config(root: Path, work: Path, train_fold: int, test_fold: int, name: str) -> RunConfig:
@@ -265,9 +270,7 @@ def dev(args: argparse.Namespace) -> None:
         )
         for name in args.levers:
             config = dev_config(args.root, args.work, train_fold, test_fold, f"lever-{name}")
-            for section, values in LEVERS[name].items():
-                for key, value in values.items():
-                    setattr(getattr(config, section), key, value)
+            apply_overrides(config, LEVERS[name])
             config.model.ensemble = 2
             run = train(config, progress=False)
             record(

@@ -18,7 +18,7 @@ import logging
 from pathlib import Path
 
 import torch
-from levers import LEVERS, deployment, dev_config, member_accuracies, record
+from levers import LEVERS, apply_overrides, deployment, dev_config, member_accuracies, record
 
 from urbansound.training.run import train
 from urbansound.training.run_folder import RunFolder
@@ -37,9 +37,7 @@ def main() -> None:
     for direction in args.directions:
         train_fold, test_fold = (int(f) for f in direction.split("to"))
         config = dev_config(args.root, args.work, train_fold, test_fold, f"round5-{args.lever}")
-        for section, values in LEVERS.get(args.lever, {}).items():
-            for key, value in values.items():
-                setattr(getattr(config, section), key, value)
+        apply_overrides(config, LEVERS.get(args.lever, {}))
         config.model.ensemble = 2
         run = train(config, progress=False)
         record(
