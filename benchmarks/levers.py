@@ -46,6 +46,10 @@ LEVERS: dict[str, dict[str, dict[str, Any]]] = {
     "crop3": {"model": {"crop_seconds": 3.0}},
     "freqpos": {"model": {"freq_channel": True}},
     "deltas+freqpos": {"model": {"deltas": 2, "freq_channel": True}},
+    # round 6: a schedule twice as long, and bf16 autocast on a CPU with native bf16 (a speed setting whose
+    # accuracy cost is measured by the same rule)
+    "deltas+long": {"model": {"deltas": 2}, "training": {"epochs": 50}},
+    "deltas+bf16": {"model": {"deltas": 2}, "training": {"precision": "bf16"}},
 }
 # ``--levers default`` in the levers step: today's default itself as a 2-seed candidate (round 5's footing,
 # without the teacher step's test-time shifts and students).
