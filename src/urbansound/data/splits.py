@@ -1,6 +1,6 @@
 """Train/validation/test splits that keep every recording (fsID) on one side.
 
-UrbanSound8K's slices of one recording overlap in time; a split that scatters them (the student project's
+UrbanSound8K's slices of one recording overlap in time; a split that scatters them (the tutorial pipeline's
 random 64/16/20) measures memory, not generalisation. The official folds, or recording-grouped splits
 (scikit-learn's StratifiedGroupKFold), do not.
 """
@@ -173,7 +173,7 @@ def warn_small_folds(records: Sequence[ClipRecord], roles: dict[str, int | None]
 
 
 def seed_random_split(n_clips: int, seed: int = 0) -> Split:
-    """The student project's random 64/16/20 split (5,589/1,397/1,746 of 8,732 clips).
+    """The tutorial pipeline's random 64/16/20 split (5,589/1,397/1,746 of 8,732 clips).
 
     It leaks: slices of one recording land on both sides, so its accuracy is inflated.
     """

@@ -50,7 +50,7 @@ def relative_to_clip_max(features: torch.Tensor) -> torch.Tensor:
 class BandNormalizer(nn.Module):
     """Standardise each band with mean and std measured on the training set (stored with the model).
 
-    Normalising each batch by its own statistics (as the student project this started from did) makes a clip's
+    Normalising each batch by its own statistics (as the baseline recipe's source did) makes a clip's
     prediction depend on its batch mates; fixed statistics make every prediction a function of the clip alone.
     With ``db_reference="clip_max"`` each clip is first taken relative to its own maximum, which removes the
     recording level (a gain change shifts every dB cell of a clip by the same amount).

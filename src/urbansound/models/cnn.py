@@ -1,4 +1,4 @@
-"""The baseline recipe's 4-block CNN (the student project's model, kept unchanged)."""
+"""The baseline recipe's 4-block CNN (the tutorial pipeline's model, kept unchanged)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from urbansound.models.registry import register_model
 class BaselineCNN(nn.Module):
     """Four conv blocks (3x3 conv, ReLU, then BatchNorm), global average pool, linear classifier.
 
-    Channels 8-16-32-64 with strides 1-2-2-2, Kaiming-initialised, as in the student project.
+    Channels 8-16-32-64 with strides 1-2-2-2, Kaiming-initialised, as in the tutorial pipeline.
     """
 
     def __init__(
@@ -25,7 +25,7 @@ class BaselineCNN(nn.Module):
         in_channels = 1
         for out_channels, stride in zip(channels, strides, strict=True):
             conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=stride, padding=1)
-            # The student project used kaiming_normal_ with a=0.1 (leaky-ReLU gain) and zero bias.
+            # The tutorial pipeline used kaiming_normal_ with a=0.1 (leaky-ReLU gain) and zero bias.
             nn.init.kaiming_normal_(conv.weight, a=0.1)
             nn.init.zeros_(conv.bias)
             blocks += [conv, nn.ReLU(), nn.BatchNorm2d(out_channels)]
