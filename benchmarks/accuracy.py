@@ -106,16 +106,24 @@ ROWS = [
 SPLITS = {"1to2": (1, 2), "2to1": (2, 1)}
 
 
-def make_config(row: Row, train_fold: int, test_fold: int, root: Path, work: Path) -> RunConfig:
+def dev_split_config(
+    root: Path, work: Path, train_fold: int, test_fold: int, name: str, recipe: str = "default"
+) -> RunConfig:
+    """``recipe`` on the DEV split: train on ``train_fold`` with 20% of its recordings held out for
+    validation, test on ``test_fold``; runs and feature cache under ``work``."""
     config = RunConfig(
         annotations=str(root / "metadata" / "UrbanSound8K.csv"),
         data_dir=str(root / "audio"),
         split=SplitConfig(train_folds=[train_fold], test_fold=test_fold, val_fraction=0.2),
         runs_dir=str(work / "runs"),
         cache_dir=str(work / "cache"),
-        name=f"{row.name}-{train_fold}to{test_fold}",
+        name=f"{name}-{train_fold}to{test_fold}",
     )
-    apply_recipe(config, row.recipe)
+    return apply_recipe(config, recipe)
+
+
+def make_config(row: Row, train_fold: int, test_fold: int, root: Path, work: Path) -> RunConfig:
+    config = dev_split_config(root, work, train_fold, test_fold, row.name, row.recipe)
     if row.members is not None:
         config.model.ensemble = row.members
     for section, values in row.overrides.items():

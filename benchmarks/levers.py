@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accuracy import dev_split_config
 from select_recipe import build_inner_folds
 from select_recipe import make_config as inner_config
 
-from urbansound.config import DistillConfig, RunConfig, SplitConfig, apply_recipe
+from urbansound.config import DistillConfig, RunConfig, apply_recipe
 from urbansound.modelfile import ModelSpec, build_classifier, load_model_file
 from urbansound.models.complexity import count_macs, count_parameters
 from urbansound.models.ensemble import SeedEnsemble
@@ -228,24 +229,14 @@ def apply_overrides(config: RunConfig, overrides: dict[str, dict[str, object]]) 
             setattr(getattr(config, section), key, value)
 
 
-def dev_config(root: Path, work: Path, train_fold: int, test_fold: int, name: str) -> RunConfig:
-    config = RunConfig(
-        annotations=str(root / "metadata" / "UrbanSound8K.csv"),
-        data_dir=str(root / "audio"),
-        split=SplitConfig(train_folds=[train_fold], test_fold=test_fold, val_fraction=0.2),
-        runs_dir=str(work / "runs"),
-        cache_dir=str(work / "cache"),
-        name=f"{name}-{train_fold}to{test_fold}",
-    )
-    return apply_recipe(config, "default")
-
-
 def dev(args: argparse.Namespace) -> None:
     for train_fold, test_fold in ((1, 2), (2, 1)):
         split = f"fold {train_fold} -> fold {test_fold}"
         if (train_fold, test_fold) not in args.directions:
             continue
-        teacher = teacher_run(args, dev_config(args.root, args.work, train_fold, test_fold, "lever-default"))
+        teacher = teacher_run(
+            args, dev_split_config(args.root, args.work, train_fold, test_fold, "lever-default")
+        )
         args.teacher = None  # a resumed teacher is the first direction's
         metrics = RunFolder(teacher).read_metrics().to_dict()
         record(
@@ -273,7 +264,7 @@ def dev(args: argparse.Namespace) -> None:
             },
         )
         for name in args.levers:
-            config = dev_config(args.root, args.work, train_fold, test_fold, f"lever-{name}")
+            config = dev_split_config(args.root, args.work, train_fold, test_fold, f"lever-{name}")
             apply_overrides(config, LEVERS[name])
             config.model.ensemble = 2
             run = train(config, progress=False)

@@ -18,7 +18,8 @@ import logging
 from pathlib import Path
 
 import torch
-from levers import LEVERS, apply_overrides, deployment, dev_config, member_accuracies, record
+from accuracy import dev_split_config
+from levers import LEVERS, apply_overrides, deployment, member_accuracies, record
 
 from urbansound.training.run import train
 from urbansound.training.run_folder import RunFolder
@@ -36,7 +37,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     for direction in args.directions:
         train_fold, test_fold = (int(f) for f in direction.split("to"))
-        config = dev_config(args.root, args.work, train_fold, test_fold, f"round5-{args.lever}")
+        config = dev_split_config(args.root, args.work, train_fold, test_fold, f"round5-{args.lever}")
         apply_overrides(config, LEVERS.get(args.lever, {}))
         config.model.ensemble = 2
         run = train(config, progress=False)
