@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import struct
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -198,6 +199,30 @@ def load_model_file(
     return model.to(device).eval(), spec
 
 
+STATE_DIFFERENCES_SHOWN = 5  # tensors named per kind of difference in an error message
+
+
+def state_differences(
+    file_state: dict[str, torch.Tensor], model_state: dict[str, torch.Tensor], ignore: Sequence[str] = ()
+) -> str:
+    """What keeps ``file_state`` from loading strictly into ``model_state``: missing and unexpected keys
+    and differing shapes (except the keys in ``ignore``, e.g. a class head about to be replaced), a few of
+    each, as one line for an error message; "" when they fit."""
+    shown = STATE_DIFFERENCES_SHOWN
+    missing = sorted(set(model_state) - set(file_state))
+    unexpected = sorted(set(file_state) - set(model_state))
+    other = sorted(
+        k
+        for k in set(model_state) & set(file_state)
+        if model_state[k].shape != file_state[k].shape and k not in ignore
+    )
+    details = [f"missing {missing[:shown]}"] if missing else []
+    details += [f"unexpected {unexpected[:shown]}"] if unexpected else []
+    shapes = [(k, tuple(file_state[k].shape), tuple(model_state[k].shape)) for k in other[:shown]]
+    details += [f"{k}: file {file_shape} vs model {model_shape}" for k, file_shape, model_shape in shapes]
+    return "; ".join(details)
+
+
 def load_pretrained_weights(model: AudioClassifier, path: str | Path) -> list[str]:
     """Initialise ``model`` from a user-supplied model file for fine-tuning (nothing is downloaded).
 
@@ -222,8 +247,6 @@ def load_pretrained_weights(model: AudioClassifier, path: str | Path) -> list[st
         raise DataError(f"{path}: damaged model weights ({error})") from None
     target = {k: v for k, v in model.state_dict().items() if k.startswith("backbone.")}
     source = {k: v for k, v in source.items() if k.startswith("backbone.")}
-    missing = sorted(set(target) - set(source))
-    unexpected = sorted(set(source) - set(target))
     mismatched = sorted(k for k in set(target) & set(source) if target[k].shape != source[k].shape)
     n_old = len(spec.class_names)
     head = [
@@ -233,19 +256,11 @@ def load_pretrained_weights(model: AudioClassifier, path: str | Path) -> list[st
         and target[k].shape[0] != n_old
         and target[k].shape[1:] == source[k].shape[1:]
     ]
-    other = [k for k in mismatched if k not in head]
-    if missing or unexpected or other:
-        details = [
-            f"missing {missing[:5]}" if missing else "",
-            f"unexpected {unexpected[:5]}" if unexpected else "",
-        ]
-        details += [
-            f"{k}: file {tuple(source[k].shape)} vs model {tuple(target[k].shape)}" for k in other[:5]
-        ]
+    differences = state_differences(source, target, ignore=head)
+    if differences:
         raise ConfigError(
             f"{path}: its weights do not fit this model: the file holds {spec.model.name!r} "
-            f"({spec.features.n_mels} bands, options {spec.model.kwargs}); "
-            + "; ".join(d for d in details if d)
+            f"({spec.features.n_mels} bands, options {spec.model.kwargs}); {differences}"
         )
     state = {k: v for k, v in source.items() if k not in head}
     model.load_state_dict(state, strict=False)

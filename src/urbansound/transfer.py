@@ -28,6 +28,7 @@ import torch
 from safetensors import SafetensorError
 
 from urbansound.errors import ConfigError, DataError
+from urbansound.modelfile import load_pretrained_weights, state_differences
 from urbansound.models.backbones import Backbone, find_backbone, list_backbones
 from urbansound.models.classifier import AudioClassifier
 
@@ -37,7 +38,6 @@ HUB_PREFIX = "hf:"
 # Agreement (absolute) between a release's fixed front-end tensors and ours: both are float32 roundings of
 # the same float64 values (window x DFT basis, mel weights), so they agree far below this.
 FRONT_END_TOLERANCE = 1e-4
-_SHOWN = 5  # tensors named per kind of mismatch in a message
 
 
 def sniff_format(path: Path) -> str:
@@ -72,8 +72,6 @@ def init_from(model: AudioClassifier, source: str, model_name: str) -> list[str]
         raise DataError(f"{path}: checkpoint not found")
     kind = sniff_format(path)
     if kind == "safetensors":
-        from urbansound.modelfile import load_pretrained_weights
-
         return load_pretrained_weights(model, path)
     if kind == "unknown":
         raise DataError(
@@ -155,22 +153,13 @@ def _load(
     if front_end:
         check_panns_front_end(front_end, model, backbone, source)
     target = model.backbone.state_dict()
-    missing = sorted(set(target) - set(state))
-    unexpected = sorted(set(state) - set(target))
     mismatched = sorted(k for k in set(target) & set(state) if target[k].shape != state[k].shape)
     head = [k for k in mismatched if k.startswith(backbone.head + ".")]
-    other = [k for k in mismatched if k not in head]
-    if missing or unexpected or other:
-        details = [
-            f"missing {missing[:_SHOWN]}" if missing else "",
-            f"unexpected {unexpected[:_SHOWN]}" if unexpected else "",
-        ]
-        details += [
-            f"{k}: file {tuple(state[k].shape)} vs model {tuple(target[k].shape)}" for k in other[:_SHOWN]
-        ]
+    differences = state_differences(state, target, ignore=head)
+    if differences:
         raise ConfigError(
             f"{source}: not the weights of {backbone.architecture} (expected {backbone.expected}): "
-            + "; ".join(d for d in details if d)
+            + differences
         )
     # Every other key was checked above, so strict=False only leaves the replaced head at its initialisation.
     model.backbone.load_state_dict({k: v for k, v in state.items() if k not in head}, strict=False)
