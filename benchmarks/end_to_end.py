@@ -48,12 +48,16 @@ def main() -> int:
     parser.add_argument("--data", required=True)
     parser.add_argument("--baseline", default="34918d7", help="git revision to compare with")
     parser.add_argument("--skip-baseline", action="store_true", help="time this checkout only")
+    parser.add_argument(
+        "--keep", type=Path, default=None, help="an empty folder that keeps both runs (default: removed)"
+    )
     parser.add_argument("extra", nargs="*", help="more flags for both runs (after --)")
     args = parser.parse_args()
     annotations, data = str(Path(args.annotations).resolve()), str(Path(args.data).resolve())
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
+        workdir = Path(tmp) if args.keep is None else args.keep.resolve()
+        workdir.mkdir(parents=True, exist_ok=True)
         results["this checkout"] = run(REPO, annotations, data, workdir, "current", args.extra)
         print(f"this checkout: {results['this checkout']}", flush=True)
         if not args.skip_baseline:

@@ -395,8 +395,16 @@ def test_compare_warns_about_different_test_folds_and_shows_no_spread_of_one(
     assert "±" not in text  # one fold each: no spread to show, and no "± 0.0" pretending there is
     assert "| **accuracy** | 60.0% | 70.0% |" in text
     caplog.clear()
+    from urbansound.training.run_folder import RunFolder
+
     same = compare_runs([a, _fake_run(tmp_path / "c", 3, 0.5)])
     assert "Warning" not in same and "different folds" not in caplog.text
+    assert "None: the runs share every setting." in same
+    other_data = _fake_run(tmp_path / "d", 3, 0.5)
+    config = RunFolder(other_data).read_config()
+    config.data_dir = "/elsewhere/audio"
+    RunFolder(other_data).write_config(config)
+    assert '| data_dir | "" | "/elsewhere/audio" |' in compare_runs([a, other_data])
 
     from urbansound.training.crossval import render_summary
 

@@ -221,7 +221,9 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 # Settings that name where a run lives rather than how it was trained.
-_IGNORED_KEYS = {"name", "runs_dir", "cache_dir", "annotations", "data_dir", "recipe"}
+# Where runs and caches were written says nothing about the model; the data paths (annotations, data_dir)
+# are kept: runs on other data are not comparable, and the table shows it.
+_IGNORED_KEYS = {"name", "runs_dir", "cache_dir", "recipe"}
 
 
 def _mean_std(values: list[float], scale: float, number: str, unit: str) -> str:
