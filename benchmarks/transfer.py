@@ -7,9 +7,9 @@ built over several sessions; ``transfer.md`` is re-rendered from every result so
 mean +- std over folds, beside the published figures (EVAR's frozen-embedding linear evaluation), which are
 literature, not measured here.
 
-``--time-epoch`` measures instead what one fine-tuning epoch costs on this machine with randomly initialised
-weights (no checkpoint needed): feature computation per clip and training steps per batch on real clips,
-extrapolated to the clips of nine folds.
+``--time-epoch`` measures instead what one fine-tuning epoch costs on this machine (``--device``: the CPU or a
+GPU) with randomly initialised weights (no checkpoint needed): feature computation per clip and training steps
+per batch on real clips (white noise without ``--root``), extrapolated to the clips of nine folds.
 
 Usage::
 
@@ -19,6 +19,7 @@ Usage::
         --checkpoint hf_ast=hf:MIT/ast-finetuned-audioset-10-10-0.4593
     python benchmarks/transfer.py --render-only
     python benchmarks/transfer.py --root UrbanSound8K --time-epoch panns_cnn14 panns_cnn10 --clips 64
+    python benchmarks/transfer.py --time-epoch panns_cnn14 --device cuda --clips 512 --batch 64 --steps 6
 """
 
 from __future__ import annotations
@@ -140,46 +141,64 @@ def render() -> None:
     REPORT.write_text("\n".join(lines) + "\n")
 
 
-def time_epoch(args: argparse.Namespace) -> None:
-    """What one fine-tuning epoch costs here: randomly initialised backbones on real clips (module doc)."""
+def timing_clips(args: argparse.Namespace, sample_rate: int, n_samples: int) -> torch.Tensor:
+    """``--clips`` real fold-1 clips, or (no ``--root``) as many of white noise: the cost of a step does not
+    depend on what the clip holds."""
     from urbansound.data.audio import load_audio
-    from urbansound.features.frontend import make_frontend
 
+    if args.root is None:
+        return torch.randn(args.clips, n_samples, generator=torch.Generator().manual_seed(0)) * 0.1
     clips = sorted((args.root / "audio" / "fold1").glob("*.wav"))[: args.clips]
+    return torch.stack([torch.from_numpy(load_audio(p, sample_rate, n_samples)) for p in clips])
+
+
+def time_epoch(args: argparse.Namespace) -> None:
+    """What one fine-tuning epoch costs here: randomly initialised backbones (module doc), on ``--device``
+    (bf16 autocast on CUDA, as training there runs; float32 on the CPU)."""
+    from urbansound.features.frontend import make_frontend
+    from urbansound.training.run import resolve_device
+
+    device = resolve_device(args.device)
     torch.set_num_threads(args.threads)
-    report: dict[str, Any] = {"clips": len(clips), "threads": torch.get_num_threads()}
+    report: dict[str, Any] = {"clips": args.clips, "threads": torch.get_num_threads(), "device": str(device)}
+    if device.type == "cuda":
+        report["gpu"] = torch.cuda.get_device_name(device)
+
+    def clock() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+
     for model in args.time_epoch:
         config = use_backbone_front_end(RunConfig(model=ModelConfig(name=model)))
-        frontend = make_frontend(config.features, config.audio.sample_rate)
-        started = time.perf_counter()
-        waves = torch.stack(
-            [torch.from_numpy(load_audio(p, config.audio.sample_rate, config.audio.n_samples)) for p in clips]
-        )
+        frontend = make_frontend(config.features, config.audio.sample_rate).to(device)
+        started = clock()
+        waves = timing_clips(args, config.audio.sample_rate, config.audio.n_samples).to(device)
         with torch.inference_mode():
             features = frontend(waves)
-        per_clip_features = (time.perf_counter() - started) / len(clips)
+        per_clip_features = (clock() - started) / len(waves)
         spec = ModelSpec(config.audio, config.features, config.model, [str(i) for i in range(10)])
         torch.manual_seed(0)
-        net = build_classifier(spec).train()  # random initialisation: no checkpoint on this machine
+        net = build_classifier(spec).to(device).train()  # random initialisation: no checkpoint needed
         optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
-        batch = args.batch
-        labels = torch.arange(batch) % 10
+        labels = (torch.arange(args.batch) % 10).to(device)
         steps = []
         for i in range(args.steps):
-            x = features[(i * batch) % len(clips) :][:batch]
-            started = time.perf_counter()
-            loss = torch.nn.functional.cross_entropy(net.classify_features(x), labels[: len(x)])
+            x = features[(i * args.batch) % len(features) :][: args.batch].clone()
+            started = clock()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                loss = torch.nn.functional.cross_entropy(net.classify_features(x), labels[: len(x)])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            steps.append((time.perf_counter() - started) / len(x))
+            steps.append((clock() - started) / len(x))
         per_clip_step = statistics.median(steps[1:] if len(steps) > 1 else steps)
         train_clips, val_clips = round(0.8 * N_CLIPS), round(0.1 * N_CLIPS)
         report[model] = {
-            "feature_seconds_per_clip": round(per_clip_features, 4),
-            "train_seconds_per_clip": round(per_clip_step, 4),
-            "epoch_minutes": round((train_clips * per_clip_step + val_clips * per_clip_step / 3) / 60, 1),
-            "one_off_feature_minutes": round(N_CLIPS * per_clip_features / 60, 1),
+            "feature_seconds_per_clip": round(per_clip_features, 5),
+            "train_seconds_per_clip": round(per_clip_step, 5),
+            "epoch_minutes": round((train_clips * per_clip_step + val_clips * per_clip_step / 3) / 60, 2),
+            "one_off_feature_minutes": round(N_CLIPS * per_clip_features / 60, 2),
         }
         logging.info("%s: %s", model, report[model])
     print(json.dumps(report, indent=2))
