@@ -1,8 +1,9 @@
-"""Round 5's table (select_recipe_notes.md): held-out accuracy per inner group of fold 1, per seed.
+"""Rounds 5 and 6's table (select_recipe_notes.md): held-out accuracy per inner group of fold 1, per seed.
 
-Today's default and the levers, from ``levers_round5.jsonl`` plus group 3 of ``levers_supplementary.jsonl``
-(reused; see the notes). Prints Markdown: per group seed 0 / seed 1 (mean), the mean over groups and its
-gap to the default's.
+Round 5's default and levers, from ``levers_round5.jsonl`` plus group 3 of ``levers_supplementary.jsonl``
+(reused; see the notes), and round 6's candidates from ``levers_round6.jsonl`` (its rerun of `deltas` on
+group 1 gave round 5's figures exactly). Prints Markdown: per group seed 0 / seed 1 (mean), the mean over
+groups and its gap to round 5's default (log-mel alone) and to `deltas` (round 6's reference).
 
 Usage::
 
@@ -17,7 +18,7 @@ import statistics
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-ORDER = ("default", "deltas", "freqpos", "deltas+freqpos")
+ORDER = ("default", "deltas", "freqpos", "deltas+freqpos", "deltas+long", "deltas+bf16")
 
 
 def load() -> dict[str, dict[int, list[float]]]:
@@ -25,6 +26,9 @@ def load() -> dict[str, dict[int, list[float]]]:
     rows = [json.loads(x) for x in (HERE / "levers_round5.jsonl").read_text().splitlines() if x.strip()]
     extra = [json.loads(x) for x in (HERE / "levers_supplementary.jsonl").read_text().splitlines() if x]
     rows += [r for r in extra if r["group"] == 3 and r["candidate"] in ("default", "deltas", "freqpos")]
+    round6 = HERE / "levers_round6.jsonl"
+    if round6.is_file():
+        rows += [json.loads(x) for x in round6.read_text().splitlines() if x.strip()]
     for r in rows:
         if r.get("phase") == "nested" and r["candidate"] in ORDER and len(r["members"]) >= 2:
             table.setdefault(r["candidate"], {})[r["group"]] = r["members"][:2]
@@ -36,24 +40,28 @@ def main() -> None:
     parser.add_argument("--groups", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     args = parser.parse_args()
     table = load()
-    base = table.get("default", {})
     head = " | ".join(f"group {g}" for g in args.groups)
-    print(f"| candidate | {head} | mean | vs default |\n|---|{'---|' * len(args.groups)}---:|---:|")
+    print(f"| candidate | {head} | mean | vs default | vs deltas |")
+    print(f"|---|{'---|' * len(args.groups)}---:|---:|---:|")
+    means = {
+        name: statistics.mean(statistics.mean(runs[g]) for g in args.groups)
+        for name, runs in table.items()
+        if all(g in runs for g in args.groups)
+    }
     for name in ORDER:
         runs = table.get(name, {})
         cells = []
         for g in args.groups:
             s = runs.get(g)
             cells.append(f"{100 * s[0]:.1f} / {100 * s[1]:.1f} ({50 * (s[0] + s[1]):.1f})" if s else "-")
-        done = all(g in runs for g in args.groups)
-        mean = statistics.mean(statistics.mean(runs[g]) for g in args.groups) if done else None
-        if mean is None:
-            print(f"| {name} | {' | '.join(cells)} | not finished | |")
+        if name not in means:
+            print(f"| {name} | {' | '.join(cells)} | not finished | | |")
             continue
-        gap = ""
-        if all(g in base for g in args.groups) and name != "default":
-            gap = f"{100 * (mean - statistics.mean(statistics.mean(base[g]) for g in args.groups)):+.1f}"
-        print(f"| {name} | {' | '.join(cells)} | {100 * mean:.1f}% | {gap} |")
+        gaps = [
+            f"{100 * (means[name] - means[ref]):+.1f}" if ref in means and ref != name else ""
+            for ref in ("default", "deltas")
+        ]
+        print(f"| {name} | {' | '.join(cells)} | {100 * means[name]:.2f}% | {' | '.join(gaps)} |")
 
 
 if __name__ == "__main__":
