@@ -136,7 +136,7 @@ def throughput(
             spec = ModelSpec(config.audio, config.features, model_config, [str(k) for k in range(10)])
             classifier = build_classifier(spec)
             classifier.normalizer.set_statistics(torch.from_numpy(mean), torch.from_numpy(std))
-            macs = count_macs(classifier.backbone, (1, 1, *features.shape[1:])) / 1e9
+            macs = count_macs(classifier.backbone, (1, classifier.inputs.channels, *features.shape[1:])) / 1e9
             runner = prepare_model(
                 classifier,
                 DistributedContext(device=device),

@@ -438,18 +438,30 @@ def test_split_defaults_come_from_the_data(tmp_path: Path, capsys: pytest.Captur
 def test_models_prices_the_recipes_model_with_its_widths(capsys: pytest.CaptureFixture[str]) -> None:
     from urbansound.cli import main
     from urbansound.config import RunConfig, apply_recipe
+    from urbansound.modelfile import ModelSpec, build_classifier
     from urbansound.models import create_model
-    from urbansound.models.complexity import count_parameters
+    from urbansound.models.complexity import count_macs, count_parameters
 
     default = apply_recipe(RunConfig(), "default")
+    # priced as trained: with the recipe's input channels (its deltas), the deployed model's parameters
+    spec = ModelSpec(default.audio, default.features, default.model, [str(k) for k in range(10)])
+    deployed = build_classifier(spec)
+    channels = deployed.inputs.channels
     model = create_model(
-        default.model.name, n_classes=10, n_bands=default.features.n_mels, **default.model.kwargs
+        default.model.name,
+        n_classes=10,
+        n_bands=default.features.n_mels,
+        in_channels=channels,
+        **default.model.kwargs,
     )
     parameters = count_parameters(model)
+    assert default.model.ensemble * parameters == count_parameters(deployed.backbone)
+    frames = 1 + default.audio.n_samples // default.features.hop_length
+    macs = count_macs(model, (1, channels, default.features.n_mels, frames))
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     (row,) = [line for line in out.splitlines() if line.split() and line.split()[0] == default.model.name]
-    assert f"{parameters:,d}" in row and "*" in row
+    assert f"{parameters:,d}" in row and f"{macs / 1e6:,.0f}M" in row and "*" in row
     assert f"ensemble of {default.model.ensemble}: {default.model.ensemble * parameters:,d} parameters" in out
     assert main(["models", "--recipe", "baseline"]) == 0
     out = capsys.readouterr().out

@@ -29,7 +29,7 @@ def _spec(**model: object) -> ModelSpec:
     config.features.n_mels = 16
     config.model.ensemble = 1
     config.model.kwargs = {"widths": [4, 4, 4, 4]}
-    config.model.deltas = 0  # each lever alone, on the spectrogram channel only (the default recipe adds deltas)
+    config.model.deltas = 0  # each lever alone on the spectrogram (the default recipe adds deltas)
     for key, value in model.items():
         setattr(config.model, key, value)
     config.validate()

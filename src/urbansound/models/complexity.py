@@ -119,6 +119,7 @@ def render_model_costs(
     """A table of every registered model's parameters and MACs per clip at these features; ``model`` (the
     recipe's) is priced with its options (e.g. the default recipe's quarter widths) and its ensemble size,
     the others with their own defaults."""
+    from urbansound.features.views import InputChannels
     from urbansound.models.registry import create_model, list_models
 
     frames = 1 + audio.n_samples // features.hop_length
@@ -128,15 +129,20 @@ def render_model_costs(
         f"({recipe} recipe)",
         f"{'model':{width}s} {'parameters':>12s} {'MACs':>10s}",
     ]
-    shape = (1, 1, features.n_mels, frames)
+    # The recipe's model takes its input channels (deltas, band position); the others one spectrogram.
+    recipe_channels = InputChannels(model.deltas, model.freq_channel).channels
     total = (0, 0)  # the recipe's model: parameters and MACs of all its members
     for name in list_models():
-        options = model.kwargs if name == model.name else {}
+        options = dict(model.kwargs) if name == model.name else {}
+        channels = recipe_channels if name == model.name else 1
+        if channels > 1:
+            options["in_channels"] = channels
         try:
             network = create_model(name, n_classes=n_classes, n_bands=features.n_mels, **options)
         except ConfigError as error:  # e.g. a family configured by the checkpoint it starts from
             lines.append(f"{name:{width}s} {'-':>12s} {'-':>10s}  (not priced: {error})")
             continue
+        shape = (1, channels, features.n_mels, frames)
         parameters, macs = count_parameters(network), count_macs(network, shape)
         line = f"{name:{width}s} {parameters:>12,d} {macs / 1e6:>9,.0f}M"
         if name == model.name:
