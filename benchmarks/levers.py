@@ -51,6 +51,8 @@ LEVERS: dict[str, dict[str, dict[str, Any]]] = {
     # accuracy cost is measured by the same rule)
     "deltas+long": {"model": {"deltas": 2}, "training": {"epochs": 50}},
     "deltas+bf16": {"model": {"deltas": 2}, "training": {"precision": "bf16"}},
+    # round 7: twice round 6's winning schedule
+    "deltas+long100": {"model": {"deltas": 2}, "training": {"epochs": 100}},
 }
 # ``--levers default`` in the levers step: today's default itself as a 2-seed candidate (round 5's footing,
 # without the teacher step's test-time shifts and students).
