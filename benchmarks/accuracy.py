@@ -64,6 +64,13 @@ ROWS = [
         members=None,
     ),
     Row(
+        "default-25ep",
+        "default",
+        "the default recipe with 25 epochs (its schedule before round 6 of select_recipe_notes.md)",
+        {"training": {"epochs": 25}},
+        members=None,
+    ),
+    Row(
         "default-x3",
         "default",
         "the default recipe, seeds 0, 1 and 2 (`--ensemble 3`): their average; each seed alone below",
