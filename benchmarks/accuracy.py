@@ -71,6 +71,13 @@ ROWS = [
         members=None,
     ),
     Row(
+        "default-50ep",
+        "default",
+        "the default recipe with 50 epochs (its schedule between rounds 6 and 7 of select_recipe_notes.md)",
+        {"training": {"epochs": 50}},
+        members=None,
+    ),
+    Row(
         "default-x3",
         "default",
         "the default recipe, seeds 0, 1 and 2 (`--ensemble 3`): their average; each seed alone below",
