@@ -126,6 +126,8 @@ def test_student_learns_the_teachers_training_clips_only_and_loads_as_a_model(
     assert (spec.model.name, spec.model.ensemble) == ("cnn", 1)
     settings = json.loads((student_dir / "distillation.json").read_text())
     assert settings["temperature"] == 3.0 and settings["weight"] == 0.8
+    log = (student_dir / "train.log").read_text()  # progress on disk, as in every training run folder
+    assert "distilling" in log and "epoch 1/" in log and "test accuracy" in log
     predictor = Predictor.from_file(student_dir / "model.safetensors")
     waveform = np.random.default_rng(0).normal(0, 0.1, config.audio.n_samples).astype(np.float32)
     prediction = predictor.predict_waveform(waveform)

@@ -209,17 +209,18 @@ def distill(
         {"teacher": str(teacher_folder.model_path.resolve()), "model": model_name, **asdict(settings)},
         "the distillation settings",
     )
-    logger.info(
-        "distilling %s into %s (T=%g, weight %g) on %d training clips x %d versions",
-        teacher_folder.path,
-        model_name,
-        settings.temperature,
-        settings.weight,
-        soft.shape[0],
-        soft.shape[1],
-    )
-    member = train_student(config, data, soft, settings, folder, device, progress)
-    assembled = assemble(config, data, [member], device)
-    metrics = score(assembled.model, [member], data, config, device)
-    write_results(folder, config, assembled, [member], metrics, started)
+    with folder.logging_to_file():  # train.log, as every training run folder has
+        logger.info(
+            "distilling %s into %s (T=%g, weight %g) on %d training clips x %d versions",
+            teacher_folder.path,
+            model_name,
+            settings.temperature,
+            settings.weight,
+            soft.shape[0],
+            soft.shape[1],
+        )
+        member = train_student(config, data, soft, settings, folder, device, progress)
+        assembled = assemble(config, data, [member], device)
+        metrics = score(assembled.model, [member], data, config, device)
+        write_results(folder, config, assembled, [member], metrics, started)
     return folder.path
