@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from select_recipe import ensemble_scores
+from select_recipe import apply_overrides, ensemble_scores
 
 from urbansound.config import RunConfig, SplitConfig, apply_recipe
 from urbansound.training.run import train
@@ -140,9 +140,7 @@ def make_config(row: Row, train_fold: int, test_fold: int, root: Path, work: Pat
     config = dev_split_config(root, work, train_fold, test_fold, row.name, row.recipe)
     if row.members is not None:
         config.model.ensemble = row.members
-    for section, values in row.overrides.items():
-        for key, value in values.items():
-            setattr(getattr(config, section), key, value)
+    apply_overrides(config, row.overrides)
     return config
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 from accuracy import dev_split_config
-from select_recipe import build_inner_folds
+from select_recipe import apply_overrides, build_inner_folds
 from select_recipe import make_config as inner_config
 
 from urbansound.config import DistillConfig, RunConfig, apply_recipe
@@ -222,13 +222,6 @@ def render(args: argparse.Namespace) -> None:
     for e in entries:
         if e["phase"] in ("dev", "deploy"):
             print(json.dumps(e))
-
-
-def apply_overrides(config: RunConfig, overrides: dict[str, dict[str, object]]) -> None:
-    """Set a lever's settings ({section: {field: value}}) on ``config`` in place."""
-    for section, values in overrides.items():
-        for key, value in values.items():
-            setattr(getattr(config, section), key, value)
 
 
 def dev(args: argparse.Namespace) -> None:

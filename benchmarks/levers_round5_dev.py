@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 from accuracy import dev_split_config
-from levers import LEVERS, apply_overrides, deployment, member_accuracies, record
+from levers import LEVERS, deployment, member_accuracies, record
+from select_recipe import apply_overrides
 
 from urbansound.training.run import train
 from urbansound.training.run_folder import RunFolder

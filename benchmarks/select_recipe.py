@@ -121,6 +121,13 @@ def build_inner_folds(root: Path, train_fold: int, work: Path) -> tuple[Path, Pa
     return csv_path, audio
 
 
+def apply_overrides(config: RunConfig, overrides: dict[str, dict[str, Any]]) -> None:
+    """Set a candidate's settings ({section: {field: value}}) on ``config`` in place."""
+    for section, values in overrides.items():
+        for key, value in values.items():
+            setattr(getattr(config, section), key, value)
+
+
 def make_config(
     overrides: dict[str, dict[str, Any]],
     csv_path: Path,
@@ -132,10 +139,8 @@ def make_config(
 ) -> RunConfig:
     config = RunConfig(annotations=str(csv_path), data_dir=str(audio))
     apply_recipe(config, "default")
-    for section, values in [*BASES[base].items(), *overrides.items()]:
-        target = getattr(config, section)
-        for key, value in values.items():
-            setattr(target, key, value)
+    apply_overrides(config, BASES[base])
+    apply_overrides(config, overrides)
     config.split = SplitConfig(
         train_folds=[g for g in range(1, N_GROUPS + 1) if g != group], test_fold=group, val_fraction=0.2
     )
