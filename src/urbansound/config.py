@@ -439,6 +439,15 @@ class AugmentConfig:
         "audio variants per training clip (stretch, pitch, shift, gain, noise), computed once, cached",
         flags=("--aug-variants",),
     )
+    # Fresh variants: the training clips' audio stays in memory and every epoch each clip that would have
+    # drawn a cached variant gets a new one instead, computed on the training device (a GPU makes this cheap;
+    # on a CPU it costs about twice a training epoch). ``variants`` then only sets the share of augmented
+    # clips, variants / (variants + 1), the same share and the same clips as with cached variants.
+    fresh_variants: bool = setting(
+        False,
+        "draw a new audio variant of each augmented clip every epoch, on the training device, instead of "
+        "reusing the cached ones (--aug-variants sets the share of augmented clips)",
+    )
     time_stretch: list[float] = field(default_factory=lambda: list(SALAMON_BELLO_STRETCH))  # rate factors
     pitch_shift: list[float] = field(default_factory=lambda: list(SALAMON_BELLO_SEMITONES))  # semitones
     time_shift: float = 0.25  # max circular shift, as a share of the clip: events happen anywhere in a clip
@@ -470,6 +479,10 @@ class AugmentConfig:
         check_choices(self)
         if self.variants < 0:
             raise ConfigError(f"variants must be >= 0, got {self.variants}")
+        if self.fresh_variants and self.variants == 0:
+            raise ConfigError(
+                "fresh variants need --aug-variants > 0: it sets the share of augmented clips per epoch"
+            )
         if any(f <= 0 for f in self.time_stretch):
             raise ConfigError(f"time_stretch factors must be positive, got {self.time_stretch}")
         if not 0 <= self.time_shift <= 1:

@@ -95,10 +95,15 @@ def _apply_by_value(
 
 
 def make_variants(
-    waveforms: torch.Tensor, keys: Sequence[str], config: AugmentConfig, sample_rate: int, seed: int = 0
+    waveforms: torch.Tensor,
+    keys: Sequence[str],
+    config: AugmentConfig,
+    sample_rate: int,
+    seed: int = 0,
+    numbers: Sequence[int] | None = None,
 ) -> torch.Tensor:
-    """``config.variants`` randomly transformed copies of each clip, computed in batches on the device of
-    ``waveforms`` (a GPU when training on one).
+    """Randomly transformed copies of each clip (variants ``numbers``, default ``0 .. config.variants - 1``),
+    computed in batches on the device of ``waveforms`` (a GPU when training on one).
 
     Salamon & Bello's (2017) audio augmentation: time stretch (phase vocoder, cut or padded back to the clip
     length), pitch shift, a circular time shift, a gain change and white noise at a random SNR, in that
@@ -110,11 +115,13 @@ def make_variants(
         keys: one cache key per clip (:func:`urbansound.features.cache.file_key`).
 
     Returns:
-        float32 ``(clips, variants, samples)`` on the device of ``waveforms``, clipped to [-1, 1].
+        float32 ``(clips, len(numbers), samples)`` on the device of ``waveforms``, clipped to [-1, 1].
     """
     n_clips, n = waveforms.shape
-    draws = [draw_variant(config, variant_rng(k, v, seed), n) for k in keys for v in range(config.variants)]
-    y = _stretch_rows(waveforms.float(), [d.rate for d in draws], config.variants)  # (clips * variants, n)
+    numbers = list(range(config.variants)) if numbers is None else list(numbers)
+    per_clip = len(numbers)
+    draws = [draw_variant(config, variant_rng(k, v, seed), n) for k in keys for v in numbers]
+    y = _stretch_rows(waveforms.float(), [d.rate for d in draws], per_clip)  # (clips * per_clip, n)
     y = _apply_by_value(y, [d.semitones for d in draws], lambda x, s: pitch_shift(x, sample_rate, s))
     device = waveforms.device
     if config.time_shift > 0:
@@ -128,7 +135,7 @@ def make_variants(
         snr = torch.tensor([d.snr_db for d in draws], device=device, dtype=torch.float32)[:, None]
         noise = torch.from_numpy(np.stack([d.noise for d in draws])).to(device)
         y = y + noise * torch.sqrt(power / 10 ** (snr / 10))
-    return y.clamp(-1.0, 1.0).reshape(n_clips, config.variants, n)
+    return y.clamp(-1.0, 1.0).reshape(n_clips, per_clip, n)
 
 
 class SpecAugment(nn.Module):

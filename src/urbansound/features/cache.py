@@ -250,6 +250,43 @@ def _identity(batch: _ClipBatch) -> _ClipBatch:
     return batch
 
 
+def variant_batch_size(device: torch.device) -> int:
+    """Clips per batch of variant computation: 8 on the CPU, where small batches stay in cache, 64 on an
+    accelerator, where large ones fill it."""
+    return 8 if device.type == "cpu" else 64
+
+
+def decode_clips(
+    paths: Sequence[Path], audio: AudioConfig, num_workers: int | None = None, progress: bool = True
+) -> np.ndarray:
+    """The waveforms of ``paths`` (decoded, resampled, cut or padded to the clip length) as one float32
+    array ``(clips, samples)``, decoded in DataLoader workers.
+
+    Raises:
+        DataError: a clip cannot be decoded (naming the file and the reason).
+    """
+    paths = [Path(p) for p in paths]
+    if num_workers is None:
+        num_workers = min(len(paths) // 128, os.cpu_count() or 1)
+    loader = DataLoader(
+        _ClipDataset(paths, audio, None),
+        batch_size=32,
+        num_workers=num_workers,
+        collate_fn=_identity,
+        prefetch_factor=4 if num_workers else None,
+    )
+    out = np.empty((len(paths), audio.n_samples), dtype=np.float32)
+    bar = _Progress(len(paths), "decode", progress)
+    for batch in loader:
+        if batch.errors:
+            raise DataError(next(iter(batch.errors.values())))
+        assert batch.tensor is not None
+        out[batch.positions] = batch.tensor.numpy()
+        bar.update(len(batch.positions))
+    logger.info("decoded %d clip(s) (%s) in %.0f s", len(paths), format_bytes(out.nbytes), bar.close())
+    return out
+
+
 def variants_hash(augment: AugmentConfig, seed: int) -> str:
     """Identity of the audio-level augmentation settings (SpecAugment and mixup do not change variants)."""
     payload = {
@@ -426,8 +463,8 @@ class FeatureCache:
         settings, augmentation settings, seed); a variant's random draws depend on (file, variant number,
         seed) only, so every fold and run that trains on a clip sees the same variants. Clips are decoded in
         DataLoader workers; the variants (:func:`~urbansound.features.augment.make_variants`) and their
-        features are computed on ``device`` (default CPU), ``batch_size`` clips at a time (default: 8 on the
-        CPU, where small batches stay in cache, and 64 on an accelerator, where large ones fill it).
+        features are computed on ``device`` (default CPU), ``batch_size`` clips at a time (default:
+        :func:`variant_batch_size`).
 
         Returns:
             a read-only memory map ``(len(paths), variants, n_bands, frames)`` in the order of ``paths``.
@@ -438,7 +475,7 @@ class FeatureCache:
         paths = [Path(p) for p in paths]
         keys = [file_key(p) for p in paths]
         on = torch.device(device or "cpu")
-        batch = batch_size or (8 if on.type == "cpu" else 64)
+        batch = batch_size or variant_batch_size(on)
 
         def compute(todo_paths: list[Path], todo_keys: list[str]) -> dict[int, Problem]:
             self._compute_variants(todo_paths, todo_keys, augment, seed, num_workers, progress, on, batch)

@@ -140,6 +140,9 @@ def student_config(teacher: RunConfig, model_name: str, runs_dir: Path) -> RunCo
     config.runs_dir = str(runs_dir)
     # Soft targets travel with the loader's batches; the device-resident path serves labels only.
     config.training.data_on_device = "no"
+    # The teacher's soft targets are computed once per version of a clip, so the student trains on cached
+    # variants even when its teacher drew fresh ones.
+    config.augment.fresh_variants = False
     return config
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -207,6 +208,9 @@ def fit(
     memory and draw batches by index there
     (:class:`~urbansound.training.loop.ResidentFeatures`) instead of through a DataLoader; the batches are
     the same, so results and resumes do not depend on the choice.
+
+    A ``train_set`` with fresh variants (``train_set.fresh``) gets new audio variants of the epoch's
+    augmented clips, computed on the training device at the start of every epoch.
     """
     device = context.device  # a single process: DistributedContext(device=...)
     log = history if isinstance(history, EpochLog) else EpochLog(history)
@@ -302,6 +306,21 @@ class _Fit:
             batch_sampler=sampler,
         )
 
+    def refresh_variants(
+        self, epoch: int, sampler: GlobalBatchSampler | None, resident: ResidentFeatures | None
+    ) -> None:
+        """With fresh variants: compute ``epoch``'s variant of every clip this process trains on with one
+        (under torchrun, only the clips of this rank's batches) and put the table where batches read it."""
+        fresh = self.train_set.fresh
+        if fresh is None:
+            return
+        wanted = fresh_positions(self.train_set.choice, sampler)
+        table = fresh.compute(epoch, self.train_set.seed, wanted, self.context.device)
+        if resident is not None:
+            resident.variants = table
+        else:
+            self.train_set.variants = table.cpu().numpy()
+
     def epoch(self, epoch: int, resident: ResidentFeatures | None) -> dict[str, float]:
         """Train one epoch (stats summed over ranks), validate what the run would keep; the history row."""
         parts, training, context, model = self.parts, self.training, self.context, self.model
@@ -309,6 +328,7 @@ class _Fit:
         sampler = self.sampler(epoch)
         loader = self.batches(epoch, sampler, resident)
         self.train_set.set_epoch(epoch)  # which precomputed audio variant each clip uses this epoch
+        self.refresh_variants(epoch, sampler, resident)
         lr = parts.scheduler.get_last_lr()[0]
         ema = parts.ema
         checkpoint = self.checkpoint_path
@@ -345,6 +365,13 @@ class _Fit:
         }
 
 
+def fresh_positions(choice: np.ndarray, sampler: Iterable[list[int]] | None) -> list[int]:
+    """The training-set positions that need a fresh variant this epoch: those ``choice`` augments, among
+    the positions of this rank's batches (``sampler``) or, in one process, all of them."""
+    mine = range(len(choice)) if sampler is None else {p for batch in sampler for p in batch}
+    return sorted(p for p in mine if choice[p] > 0)
+
+
 def _record_epoch(state: TrainState, row: dict[str, float], criterion: str, scored: nn.Module) -> None:
     """Append ``row`` to the history and keep the epoch's weights when its score beats the best so far."""
     state.epoch = int(row["epoch"])
@@ -379,7 +406,9 @@ def wants_resident_data(setting: str, train_set: FeatureDataset, device: torch.d
     if device.type == "cpu":
         return False
     variants = train_set.variants
-    needed = len(train_set) * train_set.features[0].nbytes + (variants.nbytes if variants is not None else 0)
+    clip_bytes = train_set.features[0].nbytes
+    needed = len(train_set) * clip_bytes * (2 if train_set.fresh_count else 1)  # a fresh variant per clip
+    needed += variants.nbytes if variants is not None else 0
     free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
     if free is not None and needed > free / 2:
         logger.info(

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from urbansound.devices import to_device
 from urbansound.features.augment import mixup_batch
+from urbansound.features.fresh_variants import FreshVariants
 from urbansound.models.classifier import AudioClassifier
 
 
@@ -31,6 +32,7 @@ class FeatureDataset(Dataset):
         indices: Sequence[int],
         variants: np.ndarray | None = None,
         seed: int = 0,
+        fresh: FreshVariants | None = None,
     ) -> None:
         self.features = features
         self.labels = np.asarray(labels, dtype=np.int64)
@@ -39,13 +41,24 @@ class FeatureDataset(Dataset):
         # indices[i]. Each epoch picks the original or one variant per clip (see set_epoch).
         self.variants = variants
         self.seed = seed
+        # Fresh variants (rows follow indices): clips are augmented as often as with ``fresh.count`` cached
+        # variants, and the training loop replaces ``variants`` every epoch with that epoch's
+        # (len(indices), 1, n_bands, frames) table.
+        self.fresh = fresh
+        self.fresh_count = fresh.count if fresh is not None else 0
         self.choice = np.zeros(len(self.indices), dtype=np.int64)  # 0: original, k: variants[:, k - 1]
 
     def set_epoch(self, epoch: int) -> None:
-        """Pick each clip's version for ``epoch``: a function of (seed, epoch) alone, so resuming is exact."""
-        if self.variants is not None:
+        """Pick each clip's version for ``epoch``: a function of (seed, epoch) alone, so resuming is exact.
+
+        With fresh variants the draw is the one ``fresh_count`` cached variants would make, so the same
+        clips are augmented in both modes; each takes this epoch's fresh variant (choice 1)."""
+        count = self.fresh_count or (self.variants.shape[1] if self.variants is not None else 0)
+        if count:
             rng = np.random.default_rng([self.seed, epoch, 7919])
-            self.choice = rng.integers(0, self.variants.shape[1] + 1, size=len(self.indices))
+            self.choice = rng.integers(0, count + 1, size=len(self.indices))
+            if self.fresh_count:
+                self.choice = np.minimum(self.choice, 1)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -64,6 +77,7 @@ class FeatureDataset(Dataset):
         # Workers started by spawn/forkserver (macOS, Windows) get a pickled dataset: send the memory map's
         # file name, not its contents, so no worker holds its own copy of every feature.
         state = dict(self.__dict__)
+        state["fresh"] = None  # the training clips' audio: workers only read the epoch's table
         features = self.features
         if isinstance(features, np.memmap) and features.filename:
             reopened = np.load(features.filename, mmap_mode="r")
@@ -154,8 +168,11 @@ class ResidentFeatures:
         self.device = device
         self.features = _device_copy(dataset.features, dataset.indices, device)  # (clips, n_bands, frames)
         self.labels = torch.from_numpy(dataset.labels[dataset.indices]).to(device)  # (clips,)
-        # (clips, n_variants, n_bands, frames), row i holding the variants of clip i, or None
-        self.variants = _device_copy(dataset.variants, None, device) if dataset.variants is not None else None
+        # (clips, n_variants, n_bands, frames), row i holding the variants of clip i, or None; with fresh
+        # variants, replaced by each epoch's table (already on the device)
+        self.variants: torch.Tensor | None = None
+        if dataset.variants is not None:
+            self.variants = _device_copy(dataset.variants, None, device)
 
     def __len__(self) -> int:
         return len(self.dataset)

@@ -19,7 +19,8 @@ from urbansound.evaluation.calibration import calibrate, plot_reliability
 from urbansound.evaluation.metrics import classification_metrics
 from urbansound.evaluation.plots import confusion_matrix_figure, plot_history, save_figure
 from urbansound.evaluation.report import write_report
-from urbansound.features.cache import CachedFeatures, FeatureCache
+from urbansound.features.cache import CachedFeatures, FeatureCache, decode_clips, file_key
+from urbansound.features.fresh_variants import FreshVariants
 from urbansound.features.views import normaliser_statistics
 from urbansound.modelfile import ModelSpec, build_classifier, save_model_file
 from urbansound.models.backbones import find_backbone
@@ -63,6 +64,7 @@ class PreparedData:
     features: np.ndarray
     labels: list[int]
     variants: np.ndarray | None = None  # (len(split.train), n_variants, n_bands, frames) or None
+    fresh: FreshVariants | None = None  # with fresh variants: the training clips' audio (rows: split.train)
 
 
 def prepare_data(
@@ -112,17 +114,33 @@ def prepare_data(
         if members == 0:
             raise DataError(f"the {side} set is empty ({split.description})")
     labels = [r.class_id for r in index.records]
-    variants = None
-    if config.augment.variants > 0:
-        # Only training clips are augmented; rows follow split.train.
-        variants = cache.build_variants(
-            [index.records[i].path for i in split.train],
-            config.augment,
-            seed=config.training.seed,
-            progress=progress,
-            device=device,
-        )
-    return PreparedData(index=index, split=split, features=cached.array, labels=labels, variants=variants)
+    data = PreparedData(index=index, split=split, features=cached.array, labels=labels)
+    _add_variants(data, config, cache, progress, device)
+    return data
+
+
+def _add_variants(
+    data: PreparedData,
+    config: RunConfig,
+    cache: FeatureCache,
+    progress: bool,
+    device: str | torch.device | None,
+) -> None:
+    """The training clips' cached audio variants, or (fresh variants) their audio for computing new ones
+    every epoch. Only training clips are augmented; rows follow ``split.train``."""
+    augment = config.augment
+    if augment.variants == 0:
+        return
+    paths = [data.index.records[i].path for i in data.split.train]
+    if augment.fresh_variants:
+        logger.info("decoding %d training clip(s) for fresh variants every epoch", len(paths))
+        waveforms = decode_clips(paths, config.audio, progress=progress)
+        keys = [file_key(p) for p in paths]
+        data.fresh = FreshVariants(waveforms, keys, augment, config.audio, config.features, cache.np_dtype)
+        return
+    data.variants = cache.build_variants(
+        paths, augment, seed=config.training.seed, progress=progress, device=device
+    )
 
 
 def new_run_dir(config: RunConfig) -> Path:
@@ -301,7 +319,12 @@ def train_members(
         resume_member = resuming and checkpoint.is_file()  # else this member starts afresh
         model = _initial_member(spec, training, mean, std, resume_member)
         train_set = FeatureDataset(
-            data.features, data.labels, data.split.train, variants=data.variants, seed=training.seed
+            data.features,
+            data.labels,
+            data.split.train,
+            variants=data.variants,
+            seed=training.seed,
+            fresh=data.fresh,
         )
         history = EpochLog(
             folder.history_path(member), folder.tensorboard_dir(member) if config.tensorboard else None
