@@ -53,6 +53,8 @@ LEVERS: dict[str, dict[str, dict[str, Any]]] = {
     "deltas+bf16": {"model": {"deltas": 2}, "training": {"precision": "bf16"}},
     # round 7: twice round 6's winning schedule
     "deltas+long100": {"model": {"deltas": 2}, "training": {"epochs": 100}},
+    # round 8: the default (deltas, 100 epochs) with a new audio variant of each augmented clip every epoch
+    "fresh": {"augment": {"fresh_variants": True}},
 }
 # ``--levers default`` in the levers step: today's default itself as a 2-seed candidate (round 5's footing,
 # without the teacher step's test-time shifts and students).
