@@ -222,6 +222,11 @@ def crossval_time(
         f"projected with the recipe's 4 members: {prepare + 4 * train_part:.0f} s "
         f"(features + variants {prepare:.0f} s once, training x 4)"
     )
+    if folds < 10:  # every fold trains on about as many clips: the training part scales with the folds
+        ten = prepare + train_part * 10 / folds
+        print(
+            f"projected for 10 folds: {ten:.0f} s with 1 member, {prepare + 4 * (ten - prepare):.0f} s with 4"
+        )
 
 
 def _prepare_seconds(annotations: Path, data: Path, workdir: Path, device: torch.device) -> float:
