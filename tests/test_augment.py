@@ -21,6 +21,7 @@ from urbansound.features.augment import (
     make_variants,
     mix_db_in_power,
     mixup_batch,
+    unit_noise,
     variant_rng,
 )
 from urbansound.features.frontend import AudioClassifier, BandNormalizer, SpectrogramFrontend
@@ -166,8 +167,9 @@ def _librosa_variant(
     if draw.semitones is not None:
         y = librosa.effects.pitch_shift(y, sr=sample_rate, n_steps=draw.semitones)
     y = np.roll(y, draw.shift) * np.float32(draw.gain)
-    if draw.noise is not None and draw.snr_db is not None:
-        y = y + draw.noise * np.float32(np.sqrt(np.mean(np.square(y)) / 10 ** (draw.snr_db / 10)))
+    if draw.noise_seed is not None and draw.snr_db is not None:
+        noise = unit_noise([draw.noise_seed], len(y), torch.device("cpu"))[0].numpy()
+        y = y + noise * np.float32(np.sqrt(np.mean(np.square(y)) / 10 ** (draw.snr_db / 10)))
     return np.clip(y, -1.0, 1.0)
 
 

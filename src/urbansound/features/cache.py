@@ -54,7 +54,7 @@ T = TypeVar("T")
 # Bump when the feature code changes its output for the same settings: old entries then stop matching.
 FEATURE_CODE_VERSION = 1
 # Bump when the variant code changes its output for the same settings.
-VARIANT_ENGINE_VERSION = 2
+VARIANT_ENGINE_VERSION = 3  # 3: white noise drawn on the computing device
 # In each settings folder: the settings its entries were made with (what marks a folder as the cache's).
 SETTINGS_FILE = "settings.json"
 

@@ -7,8 +7,9 @@ clips that would have drawn a cached variant get a variant never seen before. Th
 as with cached variants (:meth:`urbansound.training.loop.FeatureDataset.set_epoch` draws the same choices),
 only the versions differ, so the two modes compare cleanly.
 
-A fresh variant is a function of (file, epoch, seed) alone, whichever device, rank or resumed process
-computes it: resuming stays exact, and under torchrun each rank computes only the clips of its own batches.
+A fresh variant is a function of (file, epoch, seed) alone, whichever rank or resumed process computes it
+on one kind of device (white noise comes from the device's own generator): resuming stays exact, and under
+torchrun each rank computes only the clips of its own batches.
 """
 
 from __future__ import annotations
