@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.numpy import load_file
-from test_training import tiny_config
+from test_training import tiny_config, train_interrupted
 
 from urbansound.config import AudioConfig, AugmentConfig, FeatureConfig, ModelConfig, RunConfig
 from urbansound.features.augment import (
@@ -239,18 +239,8 @@ def test_augmented_run_resumes_to_identical_weights(
     assert len(variants) == 20  # one entry per training clip, holding its 2 variants
     assert np.load(variants[0]).shape[0] == 2
 
-    real_save = fit_module.save_checkpoint
-
-    def save_then_interrupt(path: Path, state: dict) -> None:
-        real_save(path, state)
-        if state["epoch"] == 1:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(fit_module, "save_checkpoint", save_then_interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        train(_augmented(tiny_config(tiny_dataset, tmp_path / "b", cache, epochs=3)), progress=False)
-    monkeypatch.undo()
-    (interrupted,) = (tmp_path / "b").iterdir()
+    config = _augmented(tiny_config(tiny_dataset, tmp_path / "b", cache, epochs=3))
+    interrupted = train_interrupted(config, monkeypatch)
     resumed = train(RunConfig(), resume_dir=interrupted, progress=False)
     a, b = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
     for key in a:

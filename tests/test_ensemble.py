@@ -10,14 +10,13 @@ import numpy as np
 import pytest
 import torch
 from safetensors.numpy import load_file
-from test_training import tiny_config
+from test_training import tiny_config, train_interrupted
 
 from urbansound.config import RunConfig
 from urbansound.errors import ConfigError
 from urbansound.modelfile import load_model_file
 from urbansound.models import create_model
 from urbansound.models.ensemble import SeedEnsemble
-from urbansound.training import fit as fit_module
 from urbansound.training.loop import FeatureDataset, evaluate, make_loader
 from urbansound.training.run import prepare_data, train
 
@@ -102,18 +101,8 @@ def test_interrupted_ensemble_resumes_to_identical_weights(
         return config
 
     straight = train(config_in(tmp_path / "a"), progress=False)
-    real_save = fit_module.save_checkpoint
-
-    def save_then_interrupt(path: Path, state: dict) -> None:
-        real_save(path, state)
-        if path.name == "checkpoint-member2.pt" and state["epoch"] == 1:
-            raise KeyboardInterrupt  # Ctrl-C during the second member
-
-    monkeypatch.setattr(fit_module, "save_checkpoint", save_then_interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        train(config_in(tmp_path / "b"), progress=False)
-    monkeypatch.undo()
-    (interrupted,) = (tmp_path / "b").iterdir()
+    second = "checkpoint-member2.pt"  # Ctrl-C during the second member
+    interrupted = train_interrupted(config_in(tmp_path / "b"), monkeypatch, checkpoint=second)
     assert not (interrupted / "model.safetensors").exists()
     resumed = train(RunConfig(), resume_dir=interrupted, progress=False)
     a, b = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))

@@ -10,14 +10,13 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 from test_augment import _augmented
-from test_training import tiny_config
+from test_training import tiny_config, train_interrupted
 
 from urbansound.config import AudioConfig, AugmentConfig, FeatureConfig, RunConfig
 from urbansound.errors import ConfigError
 from urbansound.features.augment import make_variants
 from urbansound.features.fresh_variants import FRESH_VARIANT_BASE, FreshVariants
 from urbansound.features.frontend import make_frontend
-from urbansound.training import fit as fit_module
 from urbansound.training.distill import student_config
 from urbansound.training.distributed import GlobalBatchSampler
 from urbansound.training.fit import fresh_positions
@@ -124,18 +123,7 @@ def test_fresh_run_resumes_to_identical_weights_and_caches_no_variants(
     assert not list(cache.glob("*/variants/*/*/*.npy"))
     assert json.loads((straight / "config.json").read_text())["augment"]["fresh_variants"] is True
 
-    real_save = fit_module.save_checkpoint
-
-    def save_then_interrupt(path: Path, state: dict) -> None:
-        real_save(path, state)
-        if state["epoch"] == 1:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(fit_module, "save_checkpoint", save_then_interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        train(_fresh_config(tiny_dataset, tmp_path / "b", cache), progress=False)
-    monkeypatch.setattr(fit_module, "save_checkpoint", real_save)
-    (interrupted,) = (tmp_path / "b").iterdir()
+    interrupted = train_interrupted(_fresh_config(tiny_dataset, tmp_path / "b", cache), monkeypatch)
     resumed = train(RunConfig(), resume_dir=interrupted, progress=False)
     a, b = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
     for key in a:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_training import tiny_config
+from test_training import tiny_config, train_interrupted
 
 from urbansound.config import RunConfig
 from urbansound.models.classifier import AudioClassifier
@@ -130,20 +130,8 @@ def test_write_results_fills_the_run_folder(
 def test_resume_entry_point_uses_the_saved_configuration(
     tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from urbansound.training import fit as fit_module
-
     config = tiny_config(tiny_dataset, tmp_path / "runs", tmp_path / "cache", epochs=2)
-    real_save = fit_module.save_checkpoint
-
-    def save_then_interrupt(path: Path, state: dict) -> None:
-        real_save(path, state)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(fit_module, "save_checkpoint", save_then_interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        train(config, progress=False)
-    monkeypatch.undo()
-    (run_dir,) = (tmp_path / "runs").iterdir()
+    run_dir = train_interrupted(config, monkeypatch)
     assert resume(run_dir, progress=False) == run_dir
     assert RunFolder(run_dir).read_metrics().epochs_run == 2
 

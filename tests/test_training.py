@@ -41,6 +41,26 @@ def tiny_config(root: Path, runs: Path, cache: Path, epochs: int = 3, **training
     )
 
 
+def train_interrupted(
+    config: RunConfig, monkeypatch: pytest.MonkeyPatch, epoch: int = 1, checkpoint: str | None = None
+) -> Path:
+    """Train ``config`` until the checkpoint of ``epoch`` (of the file named ``checkpoint``; default any) is
+    written, then stop as Ctrl-C would; returns the interrupted run folder (the only one in its runs_dir)."""
+    real_save = fit_module.save_checkpoint
+
+    def save_then_interrupt(path: Path, state: dict) -> None:
+        real_save(path, state)
+        if state["epoch"] == epoch and checkpoint in (None, path.name):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(fit_module, "save_checkpoint", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, progress=False)
+    monkeypatch.setattr(fit_module, "save_checkpoint", real_save)
+    (interrupted,) = Path(config.runs_dir).iterdir()
+    return interrupted
+
+
 def test_run_folder_has_every_artefact(tiny_dataset: Path, tmp_path: Path) -> None:
     run_dir = train(tiny_config(tiny_dataset, tmp_path / "runs", tmp_path / "cache"), progress=False)
     for name in (
@@ -97,18 +117,9 @@ def test_interrupted_run_resumes_to_identical_weights(
         tiny_config(tiny_dataset, tmp_path / "a", cache, epochs=4, ema_decay=ema_decay), progress=False
     )
 
-    real_save = fit_module.save_checkpoint
-
-    def save_then_interrupt(path: Path, state: dict) -> None:
-        real_save(path, state)
-        if state["epoch"] == 2:
-            raise KeyboardInterrupt  # Ctrl-C right after epoch 2's checkpoint
-
-    monkeypatch.setattr(fit_module, "save_checkpoint", save_then_interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        train(tiny_config(tiny_dataset, tmp_path / "b", cache, epochs=4, ema_decay=ema_decay), progress=False)
-    monkeypatch.undo()
-    (interrupted,) = (tmp_path / "b").iterdir()
+    # Ctrl-C right after epoch 2's checkpoint
+    config = tiny_config(tiny_dataset, tmp_path / "b", cache, epochs=4, ema_decay=ema_decay)
+    interrupted = train_interrupted(config, monkeypatch, epoch=2)
     assert not (interrupted / "model.safetensors").exists()
     resumed = train(RunConfig(), resume_dir=interrupted, progress=False)
     assert resumed == interrupted
