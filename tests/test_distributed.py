@@ -217,3 +217,28 @@ def test_two_processes_with_data_on_device_train_to_the_loaders_weights(
     )
     for key in loader:
         np.testing.assert_array_equal(resident[key], loader[key], err_msg=key)
+
+
+@pytest.mark.slow
+def test_two_processes_with_fresh_variants_follow_the_one_process_trajectory(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
+    """Each rank computes fresh audio variants for the clips of its own batches only; together they are the
+    clips one process computes (a clip left out would train on zeros), so both follow the same losses."""
+    fresh = ("--aug-variants", "2", "--fresh-variants")
+    _torchrun(*_train_args(tiny_dataset, tmp_path / "two", tmp_path / "cache"), *fresh)
+    single = subprocess.run(
+        [sys.executable, "-m", "urbansound", *_train_args(tiny_dataset, tmp_path / "one", tmp_path / "cache")]
+        + list(fresh),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert single.returncode == 0, single.stdout + single.stderr
+    (one,) = (tmp_path / "one").iterdir()
+    (two,) = (tmp_path / "two").iterdir()
+    assert json.loads((two / "config.json").read_text())["augment"]["fresh_variants"] is True
+    for a, b in zip(_history(one), _history(two), strict=True):
+        assert b["train_loss"] == pytest.approx(a["train_loss"], rel=LOSS_RTOL), a["epoch"]
+        assert b["train_accuracy"] == a["train_accuracy"] and b["val_accuracy"] == a["val_accuracy"]
