@@ -134,6 +134,12 @@ def _add_variants(
     paths = [data.index.records[i].path for i in data.split.train]
     if augment.fresh_variants:
         logger.info("decoding %d training clip(s) for fresh variants every epoch", len(paths))
+        if torch.device(device or "cpu").type == "cpu":
+            logger.warning(
+                "fresh variants on the CPU: each epoch computes about %d of them (~50 per second per core), "
+                "often several times the training epoch; cached variants cost nothing per epoch",
+                len(paths) * augment.variants // (augment.variants + 1),
+            )
         waveforms = decode_clips(paths, config.audio, progress=progress)
         keys = [file_key(p) for p in paths]
         data.fresh = FreshVariants(waveforms, keys, augment, config.audio, config.features, cache.np_dtype)
