@@ -86,7 +86,8 @@ class FreshVariants:
         device = torch.device(device)
         frontend = self.frontend(device)
         started = time.perf_counter()
-        table: torch.Tensor | None = None
+        shape = (len(self.keys), 1, self.features.n_mels, frontend.n_frames(self.audio.n_samples))
+        table = torch.zeros(shape, dtype=self.dtype, device=device)
         wanted = sorted(set(positions))
         batch = variant_batch_size(device)
         numbers = [FRESH_VARIANT_BASE + epoch]
@@ -97,14 +98,7 @@ class FreshVariants:
                 keys = [self.keys[r] for r in rows]
                 variant = make_variants(waves, keys, self.augment, self.audio.sample_rate, seed, numbers)
                 features = frontend(variant[:, 0]).to(self.dtype)  # (b, n_bands, frames)
-                if table is None:
-                    shape = (len(self.keys), 1, *features.shape[1:])
-                    table = torch.zeros(shape, dtype=self.dtype, device=device)
                 table[torch.tensor(rows, device=device), 0] = features
-        if table is None:  # no clip wanted: an all-zero table of the right shape
-            with torch.no_grad():
-                probe = frontend(torch.zeros(1, self.audio.n_samples, device=device))
-            table = torch.zeros((len(self.keys), 1, *probe.shape[1:]), dtype=self.dtype, device=device)
         logger.info(
             "epoch %d: fresh variants of %d clip(s) on %s in %.1f s",
             epoch,
