@@ -31,7 +31,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import BinaryIO, TypeVar
@@ -256,6 +256,31 @@ def variant_batch_size(device: torch.device) -> int:
     return 8 if device.type == "cpu" else 64
 
 
+def _waveform_batches(
+    paths: list[Path], audio: AudioConfig, batch_size: int, num_workers: int | None
+) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """``(positions, waveforms (clips, samples))`` batches of ``paths``, decoded in DataLoader workers (by
+    default one per ``4 * batch_size`` clips, at most one per core).
+
+    Raises:
+        DataError: a clip cannot be decoded (naming the file and the reason).
+    """
+    if num_workers is None:
+        num_workers = min(len(paths) // (4 * batch_size), os.cpu_count() or 1)
+    loader = DataLoader(
+        _ClipDataset(paths, audio, None),
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=_identity,
+        prefetch_factor=4 if num_workers else None,
+    )
+    for batch in loader:
+        if batch.errors:
+            raise DataError(next(iter(batch.errors.values())))
+        assert batch.tensor is not None
+        yield batch.positions, batch.tensor
+
+
 def decode_clips(
     paths: Sequence[Path], audio: AudioConfig, num_workers: int | None = None, progress: bool = True
 ) -> np.ndarray:
@@ -266,23 +291,11 @@ def decode_clips(
         DataError: a clip cannot be decoded (naming the file and the reason).
     """
     paths = [Path(p) for p in paths]
-    if num_workers is None:
-        num_workers = min(len(paths) // 128, os.cpu_count() or 1)
-    loader = DataLoader(
-        _ClipDataset(paths, audio, None),
-        batch_size=32,
-        num_workers=num_workers,
-        collate_fn=_identity,
-        prefetch_factor=4 if num_workers else None,
-    )
     out = np.empty((len(paths), audio.n_samples), dtype=np.float32)
     bar = _Progress(len(paths), "decode", progress)
-    for batch in loader:
-        if batch.errors:
-            raise DataError(next(iter(batch.errors.values())))
-        assert batch.tensor is not None
-        out[batch.positions] = batch.tensor.numpy()
-        bar.update(len(batch.positions))
+    for positions, waveforms in _waveform_batches(paths, audio, 32, num_workers):
+        out[positions] = waveforms.numpy()
+        bar.update(len(positions))
     logger.info("decoded %d clip(s) (%s) in %.0f s", len(paths), format_bytes(out.nbytes), bar.close())
     return out
 
@@ -500,15 +513,6 @@ class FeatureCache:
     ) -> None:
         from urbansound.features.augment import make_variants
 
-        if num_workers is None:
-            num_workers = min(len(paths) // (4 * batch_size), os.cpu_count() or 1)
-        loader = DataLoader(
-            _ClipDataset(paths, self.audio, None),
-            batch_size=batch_size,
-            num_workers=num_workers,
-            collate_fn=_identity,
-            prefetch_factor=4 if num_workers else None,
-        )
         frontend = self.frontend_on(device)
         logger.info(
             "computing %d augmented variant(s) of %d training clip(s) on %s",
@@ -518,20 +522,15 @@ class FeatureCache:
         )
         bar = _Progress(len(paths), "augment", progress, log_every=200)
         with torch.inference_mode():
-            for batch in loader:
-                if batch.errors:
-                    raise DataError(next(iter(batch.errors.values())))
-                assert batch.tensor is not None
-                batch_keys = [keys[i] for i in batch.positions]
-                waves = make_variants(
-                    batch.tensor.to(device), batch_keys, augment, self.audio.sample_rate, seed
-                )
+            for positions, waveforms in _waveform_batches(paths, self.audio, batch_size, num_workers):
+                batch_keys = [keys[i] for i in positions]
+                waves = make_variants(waveforms.to(device), batch_keys, augment, self.audio.sample_rate, seed)
                 features = frontend(waves.flatten(0, 1)).unflatten(
                     0, waves.shape[:2]
                 )  # (clips, V, bands, frames)
                 for key, feature in zip(batch_keys, to_host(features, self.np_dtype), strict=True):
                     _atomic_save_npy(self.variant_path(key, augment, seed), feature, f"the {_VARIANT_ENTRY}")
-                bar.update(len(batch.positions))
+                bar.update(len(positions))
         logger.info(
             "computed %d augmented variant(s) of %d clip(s) in %.0f s",
             augment.variants,
