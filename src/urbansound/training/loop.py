@@ -45,8 +45,12 @@ class FeatureDataset(Dataset):
         # variants, and the training loop replaces ``variants`` every epoch with that epoch's
         # (len(indices), 1, n_bands, frames) table.
         self.fresh = fresh
-        self.fresh_count = fresh.count if fresh is not None else 0
         self.choice = np.zeros(len(self.indices), dtype=np.int64)  # 0: original, k: variants[:, k - 1]
+
+    @property
+    def fresh_count(self) -> int:
+        """The cached-variant count whose share of augmented clips fresh variants keep (0: no fresh ones)."""
+        return self.fresh.count if self.fresh is not None else 0
 
     def set_epoch(self, epoch: int) -> None:
         """Pick each clip's version for ``epoch``: a function of (seed, epoch) alone, so resuming is exact.
