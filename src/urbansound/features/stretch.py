@@ -120,7 +120,10 @@ def phase_vocoder(spec: torch.Tensor, rate: float, hop_length: int) -> torch.Ten
     # keeps the sum (up to ~3 pi * frames) exact to ~1e-12 rad; reduced mod 2 pi before the cast back.
     acc = torch.cat([phase.narrow(-2, 0, 1), increment.narrow(-2, 0, n_out - 1)], dim=-2)
     acc = torch.remainder(torch.cumsum(acc, dim=-2, dtype=torch.float64), two_pi)
-    out = torch.polar(out_mag, acc.to(out_mag.dtype))
+    acc = acc.to(out_mag.dtype)
+    # torch.polar's value, computed as two real products: on a CPU torch.polar runs ~4x slower than
+    # vectorised cos, sin and torch.complex (it was the phase vocoder's largest single cost).
+    out = torch.complex(out_mag * torch.cos(acc), out_mag * torch.sin(acc))
     return out.to(spec.dtype).transpose(-1, -2)
 
 
