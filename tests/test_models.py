@@ -151,6 +151,27 @@ def test_resnet18_has_the_standard_resnet18_body() -> None:
     assert count_parameters(create_model("resnet18", n_classes=10, n_bands=64)) == expected
 
 
+def test_resnet_stem_pools_before_its_relu_with_the_values_and_gradients_of_relu_first() -> None:
+    """The stem applies its ReLU after the max-pool (a quarter of the elements); relu then pool must give the
+    same activations and the same gradients, bit for bit, including odd sizes (ceil_mode edges)."""
+    torch.manual_seed(0)
+    model = create_model("resnet", n_classes=10, n_bands=17, widths=[4, 8, 8, 8], layers=[1, 1, 1, 1])
+    conv, bn, pool, relu = model.stem
+    assert isinstance(pool, nn.MaxPool2d) and isinstance(relu, nn.ReLU)
+    x = torch.randn(3, 1, 17, 9)
+    reference = nn.Sequential(conv, bn, nn.ReLU(), pool)
+    grads = []
+    for stem in (model.stem, reference):
+        leaf = x.clone().requires_grad_(True)
+        out = stem(leaf)
+        (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
+        grads.append((out.detach(), leaf.grad, conv.weight.grad.clone(), bn.weight.grad.clone()))
+        model.zero_grad()
+    for ours, theirs in zip(*grads, strict=True):
+        assert torch.equal(ours, theirs)
+    assert (grads[0][0] == 0).any() and (grads[0][0] > 0).any()  # the ReLU did cut
+
+
 def test_count_parameters_by_hand() -> None:
     conv = nn.Conv2d(1, 4, kernel_size=3)  # 4 * 1 * 3 * 3 weights + 4 biases = 40
     linear = nn.Linear(16, 3)  # 16 * 3 weights + 3 biases = 51
