@@ -24,5 +24,14 @@ timeout 270 python3 benchmarks/gpu.py --crossval-folds 1 2>&1 | tee "$OUT/gpu.lo
 # 2. issue 16: one fine-tuning epoch of the PANNs backbones on the GPU.
 timeout 60 python3 benchmarks/transfer.py --time-epoch panns_cnn14 panns_cnn10 --device cuda --clips 512 \
     --batch 64 --steps 6 2>&1 | tee "$OUT/transfer.log"
-# 3. the whole suite with CUDA present (failures listed at the end: -rf).
-timeout 200 python3 -m pytest -q -n 8 -p no:cacheprovider -rf tests 2>&1 | tee "$OUT/tests.log"
+# 3. --deterministic on CUDA: two short runs of the default recipe (one member, 2 epochs, 200 synthetic clips)
+#    must write byte-identical model files.
+D=/tmp/determinism
+timeout 60 bash -c "python3 -m urbansound synth $D --uniform --recordings-per-class 4 --clips-per-recording 5 -q &&
+  for k in 1 2; do python3 -m urbansound train --annotations $D/UrbanSound8K/metadata/UrbanSound8K.csv \
+    --data $D/UrbanSound8K/audio --device cuda --deterministic --ensemble 1 --epochs 2 --quiet \
+    --runs-dir $D/runs\$k --cache-dir $D/cache > /dev/null || exit 1; done &&
+  cmp $D/runs1/*/model.safetensors $D/runs2/*/model.safetensors && echo 'deterministic: identical model files'" \
+    2>&1 | tail -n 5 | tee "$OUT/determinism.log"
+# 4. the whole suite with CUDA present (failures listed at the end: -rf).
+timeout 170 python3 -m pytest -q -n 8 -p no:cacheprovider -rf tests 2>&1 | tee "$OUT/tests.log"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pickle
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from urbansound.cli import build_parser, run_config_from_args
 from urbansound.config import AudioConfig, FeatureConfig
 from urbansound.errors import ConfigError
 from urbansound.features.cache import FeatureCache
+from urbansound.training import fit as fit_module
 from urbansound.training import hardware
 from urbansound.training.loop import FeatureDataset
 from urbansound.training.run import resolve_device, train
@@ -85,6 +87,49 @@ def test_compile_flag_wraps_the_model_with_torch_compile(
     run_dir = train(config, progress=False)
     assert compiled and all(isinstance(m, hardware._TrainingPath) for m in compiled)
     assert json.loads((run_dir / "config.json").read_text())["training"]["compile"] is True
+
+
+def test_kernel_choice_on_cuda_autotunes_by_default_and_is_deterministic_on_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The flags are process-wide: set for the training, and put back as they were afterwards."""
+    cudnn = torch.backends.cudnn
+    monkeypatch.setattr(cudnn, "benchmark", False)
+    monkeypatch.setattr(cudnn, "deterministic", False)
+    monkeypatch.delenv(hardware.CUBLAS_WORKSPACE_VARIABLE, raising=False)
+    cuda = torch.device("cuda")  # a device object only: nothing here launches a CUDA kernel
+    with hardware.kernel_choice(cuda, deterministic=False):
+        assert cudnn.benchmark and not cudnn.deterministic
+        assert not torch.are_deterministic_algorithms_enabled()
+    with hardware.kernel_choice(cuda, deterministic=True):
+        assert not cudnn.benchmark and cudnn.deterministic
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()
+        assert os.environ[hardware.CUBLAS_WORKSPACE_VARIABLE] == hardware.CUBLAS_DETERMINISTIC_WORKSPACE
+    assert (cudnn.benchmark, cudnn.deterministic) == (False, False)
+    assert not torch.are_deterministic_algorithms_enabled()
+    with hardware.kernel_choice(torch.device("cpu"), deterministic=False):
+        assert not cudnn.benchmark  # the CPU leaves cuDNN alone
+
+
+def test_deterministic_flag_holds_during_training_only(
+    tiny_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[bool] = []
+    real_epoch = fit_module.train_one_epoch
+
+    def recording_epoch(*args: object, **kwargs: object) -> object:
+        seen.append(torch.are_deterministic_algorithms_enabled())
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(fit_module, "train_one_epoch", recording_epoch)
+    args = build_parser().parse_args(["train", "--annotations", "a", "--data", "b", "--deterministic"])
+    assert run_config_from_args(args).training.deterministic
+    config = tiny_config(tiny_dataset, tmp_path / "runs", tmp_path / "cache", epochs=2, deterministic=True)
+    run_dir = train(config, progress=False)
+    assert seen == [True, True]
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert json.loads((run_dir / "config.json").read_text())["training"]["deterministic"] is True
 
 
 def test_bf16_autocast_trains_on_cpu(tiny_dataset: Path, tmp_path: Path) -> None:

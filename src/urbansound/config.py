@@ -305,6 +305,13 @@ class TrainingConfig:
     )
     # torch.compile: faster steps on GPUs, but minutes of compiling first
     compile: bool = setting(False, "wrap the model with torch.compile")
+    # CPU training is bit-reproducible anyway; on CUDA cuDNN's autotuner and atomic-add kernels make two runs
+    # (or a run and its resume) differ in the last bits, which then grow over the epochs.
+    deterministic: bool = setting(
+        False,
+        "bit-reproducible training on GPUs (deterministic kernels, no cuDNN autotuning; slower); "
+        "CPU training always is",
+    )
     # Hold the training features (and variants) in device memory and gather batches there: "auto" does so on
     # accelerators when they take at most half the free device memory (on the CPU the memory-mapped cache
     # already is host memory); "yes" and "no" force it. The batches are the same either way.

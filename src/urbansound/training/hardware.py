@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -96,6 +98,43 @@ class TrainingModel(nn.Module):
             return path(features)  # (batch, n_classes)
 
 
+# cuBLAS reproducibility needs a fixed workspace per stream, chosen by this variable before cuBLAS starts
+# (https://docs.nvidia.com/cuda/cublas/#results-reproducibility).
+CUBLAS_WORKSPACE_VARIABLE = "CUBLAS_WORKSPACE_CONFIG"
+CUBLAS_DETERMINISTIC_WORKSPACE = ":4096:8"
+
+
+@contextlib.contextmanager
+def kernel_choice(device: torch.device, deterministic: bool) -> Iterator[None]:
+    """Which kernels torch picks while training on ``device``, restored on exit (they are process-wide).
+
+    Default: on CUDA, cuDNN's benchmark mode: every batch has the same shape, so its one-off search for the
+    fastest convolution algorithm per shape pays back from the second step, at the price of results that
+    differ between runs in the last bits. ``deterministic``: no autotuning, cuDNN's deterministic
+    algorithms, ``torch.use_deterministic_algorithms`` (warning, not failing, at an operation that has no
+    deterministic kernel) and a fixed cuBLAS workspace, so a CUDA run repeats and resumes bit for bit like a
+    CPU run (which needs none of this).
+    """
+    cudnn = torch.backends.cudnn
+    saved = (
+        cudnn.benchmark,
+        cudnn.deterministic,
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    if device.type == "cuda":
+        cudnn.benchmark, cudnn.deterministic = not deterministic, deterministic
+        if deterministic:
+            os.environ.setdefault(CUBLAS_WORKSPACE_VARIABLE, CUBLAS_DETERMINISTIC_WORKSPACE)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        cudnn.benchmark, cudnn.deterministic = saved[0], saved[1]
+        torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])
+
+
 def prepare_model(
     classifier: AudioClassifier,
     context: DistributedContext,
@@ -119,10 +158,6 @@ def prepare_model(
     if context.distributed:
         convert_batchnorm(classifier, device)
     classifier.to(device)
-    if device.type == "cuda":
-        # Every batch has the same shape, so cuDNN's one-off search for the fastest convolution algorithm per
-        # shape pays back from the second step (CUDA runs promise no bit-exact resume either way).
-        torch.backends.cudnn.benchmark = True
     if device.type in CHANNELS_LAST_DEVICES:
         classifier.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     eval_path: nn.Module = _TrainingPath(

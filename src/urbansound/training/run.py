@@ -33,6 +33,7 @@ from urbansound.training.distributed import (
 )
 from urbansound.training.epoch_log import CONFUSION_TAG, EpochLog, log_figure
 from urbansound.training.fit import FitResult, fit, format_duration
+from urbansound.training.hardware import kernel_choice
 from urbansound.training.loop import FeatureDataset, Predictions, evaluate, make_loader
 from urbansound.training.probe import fit_probe
 from urbansound.training.run_folder import ClipPredictions, EnsembleMetrics, RunFolder, RunMetrics
@@ -218,7 +219,10 @@ def resume(run_dir: Path, progress: bool = True, reevaluate: bool = False) -> Pa
 def _run(config: RunConfig, folder: RunFolder | None, resuming: bool, progress: bool) -> Path:
     """Open the run folder and its log at once (rank 0), then run the stages in it."""
     config.validate()
-    with distributed_session(resolve_device(config.training.device)) as context:
+    device = resolve_device(config.training.device)
+    # Entered before the session: a fixed cuBLAS workspace must be chosen before the first CUDA matrix product
+    # (the feature cache computes on the GPU before training starts).
+    with kernel_choice(device, config.training.deterministic), distributed_session(device) as context:
         if not context.is_main:
             return _stages(config, folder, resuming, progress, context)
         if not resuming:
