@@ -95,8 +95,13 @@ def phase_vocoder(spec: torch.Tensor, rate: float, hop_length: int) -> torch.Ten
 
     # librosa appends two zero frames; since index <= n_frames - 1, only the first is ever read. Its
     # magnitude is 0 and its phase 0 (np.angle(0) = torch.angle(0) = 0), as in librosa.
-    mag = F.pad(spec.abs(), (0, 0, 0, 1))  # (..., n_frames + 1, freq)
-    phase = F.pad(spec.angle(), (0, 0, 0, 1))
+    # abs() and angle() as hypot and atan2 of the real and imaginary parts made contiguous: the same
+    # magnitudes and phases within an ulp, ~2x faster on a CPU (complex angle() was the costliest step here).
+    # (clone rather than contiguous(): the latter fails on the fake CUDA tensors of the device tests)
+    parts = torch.view_as_real(spec).movedim(-1, 0).clone(memory_format=torch.contiguous_format)
+    real, imag = parts.select(0, 0), parts.select(0, 1)  # (..., n_frames, freq) each
+    mag = F.pad(torch.hypot(real, imag), (0, 0, 0, 1))  # (..., n_frames + 1, freq)
+    phase = F.pad(torch.atan2(imag, real), (0, 0, 0, 1))
     out_mag = torch.lerp(mag.index_select(-2, index), mag.index_select(-2, index + 1), alpha)
 
     # Expected phase advance per hop of bin k: hop * 2 pi k / n_fft. Only its value modulo 2 pi matters
