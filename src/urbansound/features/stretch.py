@@ -22,6 +22,7 @@ fake CUDA tensors; the methods are the same operations.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -261,6 +262,17 @@ def _phase_table_pairs(
     return torch.cat([tables.narrow(0, 0, _PHASES), tables.narrow(0, 1, _PHASES)], dim=2)
 
 
+@functools.lru_cache(maxsize=32)
+def _cpu_phase_table_pairs(
+    n_seg: int, reach: int, step: float, cutoff: float, half_width: float, beta: float, dtype: torch.dtype
+) -> torch.Tensor:
+    """:func:`_phase_table_pairs` on the CPU, kept for the next call with the same arguments: the variants
+    resample at a handful of ratios (8 pitch steps in the default recipe) hundreds of times, and the Bessel
+    function made the tables ~6 ms of every call on a CPU. Read only by :func:`_apply_blocks`. (GPUs compute
+    them in microseconds, and a cache there would hold device memory.)"""
+    return _phase_table_pairs(n_seg, reach, step, cutoff, half_width, beta, torch.device("cpu"), dtype)
+
+
 def _apply_blocks(
     x_pad: torch.Tensor,
     seg_start: torch.Tensor,
@@ -376,7 +388,10 @@ def resample(
     block_alpha = torch.tensor(alpha[order].tolist(), device=device, dtype=dtype).unsqueeze(1)
     block_index = torch.tensor(order.tolist(), device=device)
 
-    pairs = _phase_table_pairs(n_seg, reach, step, cutoff, half_width, beta, device, dtype)
+    if device.type == "cpu":
+        pairs = _cpu_phase_table_pairs(n_seg, reach, step, cutoff, half_width, beta, dtype)
+    else:
+        pairs = _phase_table_pairs(n_seg, reach, step, cutoff, half_width, beta, device, dtype)
     out = _apply_blocks(x_pad, seg_start, block_alpha, block_index, pairs, counts, n_blocks, max_elements)
     return out.reshape(batch, n_blocks * _BLOCK).narrow(1, 0, n_out).reshape(*lead, n_out)
 
