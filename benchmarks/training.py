@@ -43,7 +43,7 @@ from urbansound.features.frontend import SpectrogramFrontend
 from urbansound.modelfile import ModelSpec, build_classifier
 from urbansound.training.distributed import DistributedContext
 from urbansound.training.fit import make_optimizer
-from urbansound.training.hardware import prepare_model
+from urbansound.training.hardware import kernel_choice, prepare_model
 from urbansound.training.loop import FeatureDataset, make_loader, train_one_epoch
 from urbansound.training.run_folder import RunFolder, read_history
 
@@ -137,11 +137,12 @@ def _train_epochs(
     first = loader_for_epoch(1)
     optimizer, scheduler = make_optimizer(model, TrainingConfig(epochs=epochs), len(first))
     stats = []
-    for epoch in range(1, epochs + 1):
-        loader = first if epoch == 1 else loader_for_epoch(epoch)
-        stats.append(train_one_epoch(runner, loader, optimizer, scheduler, device))
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+    with kernel_choice(device, deterministic=False):  # as training runs: cuDNN autotuning on CUDA
+        for epoch in range(1, epochs + 1):
+            loader = first if epoch == 1 else loader_for_epoch(epoch)
+            stats.append(train_one_epoch(runner, loader, optimizer, scheduler, device))
+            if device.type == "cuda":
+                torch.cuda.synchronize()
     timed = stats[1:] or stats  # the first epoch pays one-off costs (allocator, cuDNN autotuning)
     seconds = float(np.mean([s.seconds for s in timed]))
     return {
