@@ -18,9 +18,11 @@ import torch
 from torch import nn
 
 from urbansound.config import AudioConfig, AugmentConfig, FeatureConfig
+from urbansound.devices import variant_device
 from urbansound.features import cache as cache_module
 from urbansound.features.augment import FilterAugment, SpecAugment, make_variants, mixup_batch
 from urbansound.features.cache import FeatureCache
+from urbansound.features.fresh_variants import FreshVariants
 from urbansound.features.frontend import AudioClassifier, BandNormalizer, SpectrogramFrontend
 from urbansound.inference import Predictor
 from urbansound.modelfile import ModelSpec
@@ -89,6 +91,47 @@ def test_variants_are_computed_on_the_training_device(
     assert cache.frontend.window.device.type == "cpu"
     waves = make_variants(torch.zeros(3, 4000, device=META), ["a", "b", "c"], AUGMENT, 8000)
     assert waves.device == META and waves.shape == (3, 2, 4000)
+
+
+def test_variants_for_mps_are_computed_on_the_cpu_which_has_float64(
+    tmp_path: Path, small_audio: AudioConfig, small_features: FeatureConfig
+) -> None:
+    """MPS has no float64, which the phase vocoder sums phases in: a run on MPS computes its variants on the
+    CPU. (This CPU-only torch has no MPS at all, so any work sent there would fail here.)"""
+    assert variant_device(torch.device("mps")) == torch.device("cpu")
+    assert variant_device(META) == META and variant_device(torch.device("cuda", 1)) == torch.device("cuda", 1)
+    cache = _cache(tmp_path, small_audio, small_features)
+    paths = _clips(tmp_path)
+    for_mps = np.array(cache.build_variants(paths, AUGMENT, num_workers=0, progress=False, device="mps"))
+    cache_cpu = FeatureCache(tmp_path / "cpu-cache", small_audio, small_features)
+    on_cpu = cache_cpu.build_variants(paths, AUGMENT, num_workers=0, progress=False, device="cpu")
+    np.testing.assert_array_equal(for_mps, on_cpu)
+    assert np.abs(for_mps).sum() > 0
+
+
+def test_fresh_variants_for_mps_are_computed_on_the_cpu_and_handed_over(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    waves = (0.3 * np.random.default_rng(0).standard_normal((3, 4000))).astype(np.float32)
+    fresh = FreshVariants(
+        waves, ["a", "b", "c"], AUGMENT, AudioConfig(sample_rate=8000, duration=0.5),
+        FeatureConfig(n_fft=256, hop_length=128, n_mels=16), np.dtype("float32"),
+    )  # fmt: skip
+    expected = fresh.compute(epoch=1, seed=0, positions=[0, 2], device="cpu")
+    handed: list[torch.device] = []
+    real_to = torch.Tensor.to
+
+    def to(tensor: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        target = args[0] if args else kwargs.get("device")
+        if isinstance(target, (str, torch.device)) and torch.device(target).type == "mps":
+            handed.append(tensor.device)  # this torch cannot hold MPS tensors: record the hand-over only
+            return tensor
+        return real_to(tensor, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    table = fresh.compute(epoch=1, seed=0, positions=[0, 2], device="mps")
+    assert handed == [torch.device("cpu")]
+    torch.testing.assert_close(table, expected, rtol=0, atol=0)
 
 
 def _classifier(n_bands: int = 16) -> AudioClassifier:

@@ -1,4 +1,4 @@
-"""Moving small host tensors to the device without stalling it."""
+"""Moving small host tensors to the device without stalling it; where work that a device cannot do runs."""
 
 from __future__ import annotations
 
@@ -17,3 +17,10 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     if device.type != "cuda" or tensor.device.type != "cpu":
         return tensor.to(device)
     return tensor.pin_memory().to(device, non_blocking=True)
+
+
+def variant_device(device: torch.device) -> torch.device:
+    """Where the audio variants of a run on ``device`` are computed: there, except on Apple's MPS, which has
+    no float64 (the phase vocoder sums phases in float64, :func:`urbansound.features.stretch.phase_vocoder`),
+    where the CPU computes them."""
+    return torch.device("cpu") if device.type == "mps" else device

@@ -44,6 +44,7 @@ from tqdm import tqdm
 from urbansound.config import AudioConfig, AugmentConfig, FeatureConfig
 from urbansound.data.audio import load_audio_or_reason
 from urbansound.data.metadata import Problem
+from urbansound.devices import variant_device
 from urbansound.errors import DataError
 from urbansound.features.frontend import make_frontend
 from urbansound.io_utils import atomic_output, atomic_write_text, format_bytes
@@ -476,7 +477,8 @@ class FeatureCache:
         settings, augmentation settings, seed); a variant's random draws depend on (file, variant number,
         seed) only, so every fold and run that trains on a clip sees the same variants. Clips are decoded in
         DataLoader workers; the variants (:func:`~urbansound.features.augment.make_variants`) and their
-        features are computed on ``device`` (default CPU), ``batch_size`` clips at a time (default:
+        features are computed on ``device`` (default CPU; the CPU for MPS, see
+        :func:`~urbansound.devices.variant_device`), ``batch_size`` clips at a time (default:
         :func:`variant_batch_size`).
 
         Returns:
@@ -487,7 +489,7 @@ class FeatureCache:
         self._write_settings()
         paths = [Path(p) for p in paths]
         keys = [file_key(p) for p in paths]
-        on = torch.device(device or "cpu")
+        on = variant_device(torch.device(device or "cpu"))
         batch = batch_size or variant_batch_size(on)
 
         def compute(todo_paths: list[Path], todo_keys: list[str]) -> dict[int, Problem]:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from urbansound.config import AudioConfig, AugmentConfig, FeatureConfig
+from urbansound.devices import variant_device
 from urbansound.features.augment import make_variants
 from urbansound.features.cache import variant_batch_size
 from urbansound.features.frontend import make_frontend
@@ -77,13 +78,15 @@ class FreshVariants:
     def compute(
         self, epoch: int, seed: int, positions: Sequence[int], device: str | torch.device
     ) -> torch.Tensor:
-        """``epoch``'s variant features of the clips at ``positions``, on ``device``.
+        """``epoch``'s variant features of the clips at ``positions``, on ``device`` (computed there, or on
+        the CPU where the device cannot: :func:`~urbansound.devices.variant_device`).
 
         Returns:
             ``(clips, 1, n_bands, frames)`` in the cache's dtype: row ``p`` holds clip ``p``'s variant for
             every ``p`` in ``positions``; other rows are zero (no batch of this process reads them).
         """
-        device = torch.device(device)
+        target = torch.device(device)
+        device = variant_device(target)
         frontend = self.frontend(device)
         started = time.perf_counter()
         shape = (len(self.keys), 1, self.features.n_mels, frontend.n_frames(self.audio.n_samples))
@@ -106,4 +109,4 @@ class FreshVariants:
             device,
             time.perf_counter() - started,
         )
-        return table
+        return table.to(target)
