@@ -27,6 +27,7 @@ from urbansound.config import (
     use_backbone_front_end,
 )
 from urbansound.errors import ConfigError, UrbanSoundError
+from urbansound.host_memory import keep_freed_host_memory
 from urbansound.settings import (
     add_setting_arguments,
     apply_setting_arguments,
@@ -775,6 +776,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
     )
+    # The command line is a whole process of ours: let malloc keep freed memory for reuse (CPU steps ran
+    # 10-18% faster without re-faulting their activations' pages; see keep_freed_host_memory).
+    keep_freed_host_memory()
     try:
         return args.handler(args)
     except UrbanSoundError as error:
