@@ -150,18 +150,6 @@ def throughput(
 ) -> None:
     """Training clips/s, data wait and peak memory per model and batch size (after one warm-up epoch), with
     the kernel choice of training (cuDNN autotuning on CUDA)."""
-    with kernel_choice(device, deterministic=False):
-        _throughput(features, labels, device, batches, steps, compile_)
-
-
-def _throughput(
-    features: np.ndarray,
-    labels: list[int],
-    device: torch.device,
-    batches: list[int],
-    steps: int,
-    compile_: bool,
-) -> None:
     config = default_recipe()
     train_set = FeatureDataset(features, labels, list(range(len(labels))))
     mean, std = band_statistics(features, list(range(min(len(labels), 2048))), db_reference="clip_max")
@@ -195,16 +183,13 @@ def _throughput(
                 sampler = epoch_batches(train_set, batch, shuffle=True, seed=0, epoch=epoch)
                 chosen = [b for _, b in zip(range(steps), sampler, strict=False)]
                 _sync(device)
-                stats = train_one_epoch(
-                    runner,
-                    resident.batches(chosen),
-                    optimizer,
-                    scheduler,
-                    device,
-                    StepSettings(
-                        nn.CrossEntropyLoss(label_smoothing=0.1), mixup_alpha=config.augment.mixup_alpha
-                    ),
+                settings = StepSettings(
+                    nn.CrossEntropyLoss(label_smoothing=0.1), mixup_alpha=config.augment.mixup_alpha
                 )
+                with kernel_choice(device, deterministic=False):
+                    stats = train_one_epoch(
+                        runner, resident.batches(chosen), optimizer, scheduler, device, settings
+                    )
                 _sync(device)
                 rates.append(stats.n_clips / stats.seconds)
                 waits.append(stats.data_wait_fraction)

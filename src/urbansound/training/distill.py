@@ -34,6 +34,7 @@ from urbansound.modelfile import load_model_file
 from urbansound.models.classifier import AudioClassifier
 from urbansound.training.distributed import DistributedContext
 from urbansound.training.fit import fit
+from urbansound.training.hardware import kernel_choice
 from urbansound.training.loop import FeatureDataset
 from urbansound.training.run import (
     Member,
@@ -170,17 +171,18 @@ def train_student(
     )
     val_set = FeatureDataset(data.features, data.labels, data.split.val)
     context = DistributedContext(device=device)
-    result = fit(
-        model,
-        train_set,
-        val_set,
-        config.training,
-        config.augment,
-        context,
-        folder.checkpoint_path(1),
-        folder.history_path(1),
-        progress=progress,
-    )
+    with kernel_choice(device, config.training.deterministic):
+        result = fit(
+            model,
+            train_set,
+            val_set,
+            config.training,
+            config.augment,
+            context,
+            folder.checkpoint_path(1),
+            folder.history_path(1),
+            progress=progress,
+        )
     model.load_state_dict(result.best_state)
     return Member(model=model.eval(), result=result, seed=config.training.seed)
 

@@ -28,7 +28,7 @@ from urbansound.training.distributed import (
     reduce_epoch_stats,
 )
 from urbansound.training.epoch_log import EpochLog
-from urbansound.training.hardware import TrainingModel, kernel_choice, prepare_model
+from urbansound.training.hardware import TrainingModel, prepare_model
 from urbansound.training.loop import (
     FeatureDataset,
     ResidentFeatures,
@@ -195,8 +195,9 @@ def fit(
     A checkpoint (a :class:`~urbansound.training.checkpoint.TrainState`: model, optimiser, scheduler, RNG
     state, history, best weights) is written after every epoch; with ``resume`` the loop continues from the
     last completed epoch. Data order depends only on (seed, epoch) and the RNG state is restored, so on CPU
-    (on CUDA with ``training.deterministic``, see :func:`~urbansound.training.hardware.kernel_choice`) a
-    resumed run ends with the same weights as an uninterrupted one.
+    (on CUDA under ``kernel_choice(device, deterministic=True)``, which runs enter:
+    :func:`~urbansound.training.hardware.kernel_choice`) a resumed run ends with the same weights as an
+    uninterrupted one.
 
     Under torchrun (``context`` distributed) every rank calls this: ``training.batch_size`` is the global
     batch, each rank trains on its share through DDP, metrics are summed over ranks, and only rank 0 writes
@@ -213,25 +214,6 @@ def fit(
     A ``train_set`` with fresh variants (``train_set.fresh``) gets new audio variants of the epoch's
     augmented clips, computed on the training device at the start of every epoch.
     """
-    with kernel_choice(context.device, training.deterministic):
-        return _fit(
-            model, train_set, val_set, training, augment, context, checkpoint_path, history, resume, progress
-        )
-
-
-def _fit(
-    model: AudioClassifier,
-    train_set: FeatureDataset,
-    val_set: FeatureDataset,
-    training: TrainingConfig,
-    augment: AugmentConfig,
-    context: DistributedContext,
-    checkpoint_path: Path,
-    history: EpochLog | Path | None,
-    resume: bool,
-    progress: bool,
-) -> FitResult:
-    """:func:`fit` under its kernel choice."""
     device = context.device  # a single process: DistributedContext(device=...)
     log = history if isinstance(history, EpochLog) else EpochLog(history)
     run = _Fit(model, train_set, val_set, training, augment, context, checkpoint_path, progress)
