@@ -23,9 +23,10 @@ def keep_freed_host_memory() -> bool:
 
     Why: by default glibc gives large blocks back (unmapped, or trimmed off the heap) as they are freed, so
     the activations of every CPU training step arrive in fresh pages that the kernel must fault in and zero:
-    the default model at batch 32 took ~1.3 M page faults in 60 steps on a 2-core VM, and keeping the memory
-    made its steps 10-18% faster (benchmarks/RESULTS.md). Written by hand because PyTorch has no CPU caching
-    allocator to switch on, and jemalloc or tcmalloc must be preloaded before the process starts.
+    a 10-epoch training run of the default model on 2 cores (a VM) took 3.1 M page faults and 62.9 s, and
+    with the memory kept 0.16 M and 46.9 s, with the same losses (benchmarks/RESULTS.md). Written by hand
+    because PyTorch has no CPU caching allocator to switch on, and jemalloc or tcmalloc must be preloaded
+    before the process starts.
 
     Applied only with glibc (Linux), and not when the user chose the allocator (LD_PRELOAD, GLIBC_TUNABLES or
     MALLOC_*_ variables set).

@@ -269,7 +269,7 @@ def _cpu_phase_table_pairs(
 ) -> torch.Tensor:
     """:func:`_phase_table_pairs` on the CPU, kept for the next call with the same arguments: the variants
     resample at a handful of ratios (8 pitch steps in the default recipe) hundreds of times, and the Bessel
-    function made the tables ~6 ms of every call on a CPU. Read only by :func:`_apply_blocks`. (GPUs compute
+    function made the tables ~10 ms of every call on a CPU. Read only by :func:`_apply_blocks`. (GPUs compute
     them in microseconds, and a cache there would hold device memory.)"""
     return _phase_table_pairs(n_seg, reach, step, cutoff, half_width, beta, torch.device("cpu"), dtype)
 
