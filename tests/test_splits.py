@@ -193,6 +193,16 @@ def test_holdout_keeps_every_class_near_the_fraction_despite_uneven_recordings()
     assert class_share_deviation(labels, first, 0.2) > 0.4
 
 
+def test_a_holdout_from_too_few_clips_per_class_is_a_clear_error() -> None:
+    """10 recordings of 2 clips each over 4 classes: enough recordings for 5 parts, but no class has 5 clips;
+    scikit-learn's own error named an n_splits the user never set."""
+    records = make_records(folds=[1], classes=4, recordings=1, slices=2)
+    records += make_records(folds=[1], classes=1, recordings=2, slices=1)
+    records = [dataclasses.replace(r, fs_id=f"{r.fs_id}-{k}") for k, r in enumerate(records)]
+    with pytest.raises(ConfigError, match=r"at most 4 per class: too few to hold out 20%.*--val-fold"):
+        grouped_holdout(list(range(len(records))), records, 0.2, seed=0)
+
+
 def test_a_tiny_default_test_fold_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
     """A partial copy (folds 1-2 plus a stray clip in fold 7) defaults to testing on that one clip: say so."""
     records = make_records(folds=[1, 2, 3])

@@ -73,6 +73,14 @@ def grouped_holdout(
         raise ConfigError(
             f"only {len(set(groups))} recordings: too few to hold out {fraction:.0%} by recording"
         )
+    largest_class = int(np.unique(labels, return_counts=True)[1].max())
+    if largest_class < n_splits:
+        # StratifiedGroupKFold's own error here names n_splits, which the user never set.
+        raise ConfigError(
+            f"{len(indices)} training clips, at most {largest_class} per class: too few to hold out "
+            f"{fraction:.0%} by recording with every class represented (at least {n_splits} clips of some "
+            "class are needed); validate on a fold instead (--val-fold) or train on more clips"
+        )
     best: tuple[float, np.ndarray, np.ndarray] | None = None
     for attempt in range(HOLDOUT_CANDIDATE_SHUFFLES):
         splitter = StratifiedGroupKFold(
