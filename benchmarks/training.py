@@ -221,7 +221,7 @@ def section_gpu(args: argparse.Namespace) -> dict[str, float]:
     sampler = threading.Thread(target=sample_utilisation, daemon=True)
     sampler.start()
     result = _train_epochs(
-        lambda e: make_loader(dataset, BATCH, shuffle=True, epoch=e),
+        lambda e: make_loader(dataset, BATCH, shuffle=True, epoch=e, device=device),
         len(names),
         mean,
         std,

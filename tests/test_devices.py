@@ -30,7 +30,7 @@ from urbansound.models import create_model
 from urbansound.training.distributed import DistributedContext
 from urbansound.training.fit import make_optimizer
 from urbansound.training.hardware import prepare_model
-from urbansound.training.loop import FeatureDataset, ResidentFeatures, epoch_batches
+from urbansound.training.loop import FeatureDataset, ResidentFeatures, epoch_batches, make_loader
 
 META = torch.device("meta")
 AUGMENT = AugmentConfig(
@@ -220,3 +220,12 @@ def test_data_goes_to_the_device_when_asked_or_on_an_accelerator() -> None:
     assert wants_resident_data("yes", data, cpu)
     assert wants_resident_data("auto", data, META)
     assert not wants_resident_data("no", data, META)
+
+
+def test_loader_pins_batches_for_a_gpu_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CPU run on a machine with a GPU must not pin (which starts CUDA and copies every batch)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine
+    dataset = FeatureDataset(np.zeros((4, 2, 3), dtype=np.float32), [0, 1, 0, 1], range(4))
+    assert not make_loader(dataset, 2, shuffle=False, device=torch.device("cpu")).pin_memory
+    assert not make_loader(dataset, 2, shuffle=False).pin_memory
+    assert make_loader(dataset, 2, shuffle=False, device=torch.device("cuda", 0)).pin_memory

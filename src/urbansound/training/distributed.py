@@ -330,12 +330,12 @@ def evaluate_sharded(
     validation accuracy, the best epoch and early stopping.
     """
     if not context.distributed:
-        return evaluate(model, make_loader(dataset, batch_size, shuffle=False), device)
+        return evaluate(model, make_loader(dataset, batch_size, shuffle=False, device=device), device)
     n = len(dataset)
     shard = FeatureDataset(
         dataset.features, dataset.labels, dataset.indices[context.rank :: context.world_size]
     )
-    part = evaluate(model, make_loader(shard, batch_size, shuffle=False), device)
+    part = evaluate(model, make_loader(shard, batch_size, shuffle=False, device=device), device)
     gathered: list[Any] = [None] * context.world_size
     dist.all_gather_object(gathered, (part.loss * len(part.labels), part.labels, part.probabilities))
     labels = np.zeros(n, dtype=np.int64)

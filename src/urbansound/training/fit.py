@@ -306,6 +306,7 @@ class _Fit:
             epoch=epoch,
             num_workers=training.num_workers,
             batch_sampler=sampler,
+            device=self.context.device,
         )
 
     def refresh_variants(

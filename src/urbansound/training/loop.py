@@ -128,10 +128,13 @@ def make_loader(
     sampler: Sampler[int] | None = None,
     num_workers: int = 0,
     batch_sampler: Sampler[list[int]] | None = None,
+    device: torch.device | None = None,
 ) -> DataLoader:
     """A loader whose order is a function of (seed, epoch) alone, so a resumed run sees the same batches.
 
     ``batch_sampler`` (e.g. a rank's share of the global batches) replaces the shuffle and ``batch_size``.
+    Batches are pinned for fast copies when ``device`` (where they go) is a CUDA GPU, and only then: a CPU
+    run on a GPU machine would otherwise start CUDA and copy every batch for nothing.
     """
     if batch_sampler is None:
         batch_sampler = epoch_batches(dataset, batch_size, shuffle, seed, epoch, sampler)
@@ -140,7 +143,7 @@ def make_loader(
         sampler=batch_sampler,
         batch_size=None,
         num_workers=num_workers,
-        pin_memory=torch.cuda.is_available(),
+        pin_memory=device is not None and device.type == "cuda",
     )
 
 

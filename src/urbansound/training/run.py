@@ -407,7 +407,9 @@ def predict_rows(
     """``model``'s loss, accuracy and class probabilities on the clips ``rows`` of ``data`` (in order)."""
     device = device or next(model.parameters()).device
     batch = max(config.training.batch_size, 64)
-    loader = make_loader(FeatureDataset(data.features, data.labels, rows), batch, shuffle=False)
+    loader = make_loader(
+        FeatureDataset(data.features, data.labels, rows), batch, shuffle=False, device=device
+    )
     return evaluate(model, loader, device)
 
 
