@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from urbansound.config import ModelConfig, RunConfig, SplitConfig, apply_recipe, use_backbone_front_end
+from urbansound.host_memory import keep_freed_host_memory
 from urbansound.modelfile import ModelSpec, build_classifier
 from urbansound.training.run import train
 from urbansound.training.run_folder import RunFolder
@@ -205,6 +206,7 @@ def time_epoch(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    keep_freed_host_memory()  # as `urbansound train` does: what it costs there is what this measures
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
