@@ -310,7 +310,7 @@ class TrainingConfig:
     deterministic: bool = setting(
         False,
         "bit-reproducible training on GPUs (deterministic kernels, no cuDNN autotuning; slower); "
-        "CPU training always is",
+        "CPU training always is, on one machine with one thread count",
     )
     # Hold the training features (and variants) in device memory and gather batches there: "auto" does so on
     # accelerators when they take at most half the free device memory (on the CPU the memory-mapped cache
