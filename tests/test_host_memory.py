@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from urbansound.host_memory import ALLOCATOR_VARIABLES
+
 # Four 24 MB blocks allocated and freed together, ten times: with glibc's defaults each round maps (or grows
 # the heap by) fresh pages, which the kernel faults in; with the memory kept, the rounds reuse the first's.
 _CHURN = """
@@ -28,7 +30,7 @@ print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 def _page_faults(mode: str, **env: str) -> tuple[str, int]:
-    environment = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "GLIBC_TUNABLES")}
+    environment = {k: v for k, v in os.environ.items() if k not in ALLOCATOR_VARIABLES}
     result = subprocess.run(
         [sys.executable, "-c", _CHURN, mode],
         capture_output=True,

@@ -14,7 +14,7 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 HOST_MMAP_THRESHOLD = 32 * 2**20  # the largest mallopt accepts on 64-bit systems
 HOST_TRIM_THRESHOLD = 512 * 2**20  # free memory kept at the top of the heap before it goes back to the system
 # A user who picked the allocator (a preloaded jemalloc or tcmalloc, glibc's tunables) keeps their choice.
-_ALLOCATOR_VARIABLES = ("LD_PRELOAD", "GLIBC_TUNABLES", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+ALLOCATOR_VARIABLES = ("LD_PRELOAD", "GLIBC_TUNABLES", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 
 
 def keep_freed_host_memory() -> bool:
@@ -31,7 +31,7 @@ def keep_freed_host_memory() -> bool:
     Applied only with glibc (Linux), and not when the user chose the allocator (LD_PRELOAD, GLIBC_TUNABLES or
     MALLOC_*_ variables set).
     """
-    if platform.libc_ver()[0] != "glibc" or any(os.environ.get(name) for name in _ALLOCATOR_VARIABLES):
+    if platform.libc_ver()[0] != "glibc" or any(os.environ.get(name) for name in ALLOCATOR_VARIABLES):
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")

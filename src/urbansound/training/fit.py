@@ -194,10 +194,10 @@ def fit(
 
     A checkpoint (a :class:`~urbansound.training.checkpoint.TrainState`: model, optimiser, scheduler, RNG
     state, history, best weights) is written after every epoch; with ``resume`` the loop continues from the
-    last completed epoch. Data order depends only on (seed, epoch) and the RNG state is restored, so on CPU
-    (on CUDA under ``kernel_choice(device, deterministic=True)``, which runs enter:
-    :func:`~urbansound.training.hardware.kernel_choice`) a resumed run ends with the same weights as an
-    uninterrupted one.
+    last completed epoch. Data order depends only on (seed, epoch) and the RNG state is restored, so a resumed
+    run ends with the same weights as an uninterrupted one on the CPU, and on CUDA when the caller has entered
+    :func:`~urbansound.training.hardware.kernel_choice` with ``deterministic=True`` (runs with
+    ``--deterministic`` do).
 
     Under torchrun (``context`` distributed) every rank calls this: ``training.batch_size`` is the global
     batch, each rank trains on its share through DDP, metrics are summed over ranks, and only rank 0 writes
