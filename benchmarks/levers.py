@@ -29,7 +29,7 @@ from accuracy import dev_split_config
 from select_recipe import apply_overrides, build_inner_folds
 from select_recipe import make_config as inner_config
 
-from urbansound.config import DistillConfig, RunConfig, apply_recipe
+from urbansound.config import DistillConfig, RunConfig, apply_recipe, scaled_peak_lr
 from urbansound.modelfile import ModelSpec, build_classifier, load_model_file
 from urbansound.models.complexity import count_macs, count_parameters
 from urbansound.models.ensemble import SeedEnsemble
@@ -55,6 +55,10 @@ LEVERS: dict[str, dict[str, dict[str, Any]]] = {
     "deltas+long100": {"model": {"deltas": 2}, "training": {"epochs": 100}},
     # round 8: the default (deltas, 100 epochs) with a new audio variant of each augmented clip every epoch
     "fresh": {"augment": {"fresh_variants": True}},
+    # round 9: batch 256 with the peak rate the command line scales to (sqrt rule: 2e-3 x sqrt(8)), and
+    # unscaled (the Python API keeps max_lr as given, so both rates are written out here)
+    "batch256": {"training": {"batch_size": 256, "max_lr": scaled_peak_lr(2e-3, 32, 256)}},
+    "batch256-unscaled": {"training": {"batch_size": 256, "max_lr": 2e-3}},
 }
 # ``--levers default`` in the levers step: today's default itself as a 2-seed candidate (round 5's footing,
 # without the teacher step's test-time shifts and students).
