@@ -168,8 +168,8 @@ def nested(args: argparse.Namespace) -> None:
             for name in args.levers:
                 overrides = NESTED_EXTRA[name] if name in NESTED_EXTRA else LEVERS[name]
                 config = inner_config(overrides, csv_path, audio, group, args.work, name, base="default")
-                config.model.ensemble = 2
-                config.name = f"lever-{name}-x2-g{group}"
+                config.model.ensemble = args.members
+                config.name = f"lever-{name}-x{args.members}-g{group}"
                 run = train(config, progress=False)
                 record(
                     args.out,
@@ -294,6 +294,9 @@ def main() -> None:
     parser.add_argument("--steps", nargs="+", default=["teacher", "levers"], choices=("teacher", "levers"))
     parser.add_argument("--teacher", type=Path, default=None, help="resume this teacher run folder")
     parser.add_argument("--teacher-members", type=int, default=4, help="seed-ensemble size of the teacher")
+    parser.add_argument(
+        "--members", type=int, default=2, help="seeds 0..N-1 of each lever, each scored alone (levers step)"
+    )
     parser.add_argument("--directions", nargs="+", default=["1to2", "2to1"], choices=("1to2", "2to1"))
     args = parser.parse_args()
     args.directions = [tuple(int(f) for f in d.split("to")) for d in args.directions]
