@@ -113,9 +113,21 @@ def conv_step(n: int, channels: int, bands: int, frames: int, groups: int) -> Ca
     return lambda: F.conv2d(x, w, padding=1, groups=groups).backward(gradient)
 
 
-def members_together(batch: int, repeats: int) -> None:
+def stage_shapes(input_shape: tuple[int, int]) -> list[tuple[int, int, int]]:
+    """(channels, bands, frames) of each ResNet stage of the default recipe's model: the stem's pool halves
+    the input (ceil), stages 2-4 halve again (a stride-2 3x3 conv with padding 1 also rounds up)."""
+    widths = apply_recipe(RunConfig(), "default").model.kwargs["widths"]
+    bands, frames = input_shape
+    shapes = []
+    for width in widths:
+        bands, frames = -(-bands // 2), -(-frames // 2)
+        shapes.append((width, bands, frames))
+    return shapes
+
+
+def members_together(batch: int, repeats: int, input_shape: tuple[int, int]) -> None:
     """Four members' 3x3 convolutions at each stage's shape: separately, grouped, and as one large batch."""
-    for channels, bands, frames in [(16, 64, 44), (32, 32, 22), (64, 16, 11), (128, 8, 6)]:
+    for channels, bands, frames in stage_shapes(input_shape):
         separate = 4 * timed(conv_step(batch, channels, bands, frames, 1), repeats)
         grouped = timed(conv_step(batch, 4 * channels, bands, frames, 4), repeats)
         large = timed(conv_step(4 * batch, channels, bands, frames, 1), repeats)
@@ -135,16 +147,16 @@ def main() -> int:
     keep_freed_host_memory()  # as the command line trains
     torch.manual_seed(0)
     print(f"CPU threads: {torch.get_num_threads()}, batch {args.batch}")
-    shape = (0, 0)
+    steps = {}
     for precision in ("fp32", "bf16"):
-        step, shape = training_step(precision, args.batch)
-        print(f"default model, one member, {precision}: {timed(step, args.steps):.0f} ms per step")
-    step, shape = training_step("fp32", args.batch)
+        steps[precision], shape = training_step(precision, args.batch)
+        milliseconds = timed(steps[precision], args.steps)
+        print(f"default model, one member, {precision}: {milliseconds:.0f} ms per step")
     print("fp32 step by kind of operation (profiler self time):")
     # The stem convolves at the input's resolution and pools after its BatchNorm.
-    breakdown(step, max(args.steps // 2, 1), shape)
+    breakdown(steps["fp32"], max(args.steps // 2, 1), shape)
     print("four members' convolutions (forward and backward):")
-    members_together(args.batch, args.steps)
+    members_together(args.batch, args.steps, shape)
     return 0
 
 

@@ -39,6 +39,7 @@ from urbansound.training.run import prepare_data, resume, train
 from urbansound.training.run_folder import RunFolder
 
 HERE = Path(__file__).resolve().parent
+RECIPE_TRAINING = apply_recipe(RunConfig(), "default").training  # its batch and peak rate, for round 9
 # The levers, each on top of today's default recipe, trained as a 2-member ensemble (seeds 0 and 1) so that
 # each seed can be scored alone (the round-3b footing of select_recipe_notes.md).
 LEVERS: dict[str, dict[str, dict[str, Any]]] = {
@@ -57,8 +58,13 @@ LEVERS: dict[str, dict[str, dict[str, Any]]] = {
     "fresh": {"augment": {"fresh_variants": True}},
     # round 9: batch 256 with the peak rate the command line scales to (sqrt rule: 2e-3 x sqrt(8)), and
     # unscaled (the Python API keeps max_lr as given, so both rates are written out here)
-    "batch256": {"training": {"batch_size": 256, "max_lr": scaled_peak_lr(2e-3, 32, 256)}},
-    "batch256-unscaled": {"training": {"batch_size": 256, "max_lr": 2e-3}},
+    "batch256": {
+        "training": {
+            "batch_size": 256,
+            "max_lr": scaled_peak_lr(RECIPE_TRAINING.max_lr, RECIPE_TRAINING.batch_size, 256),
+        }
+    },
+    "batch256-unscaled": {"training": {"batch_size": 256, "max_lr": RECIPE_TRAINING.max_lr}},
 }
 # ``--levers default`` in the levers step: today's default itself as a 2-seed candidate (round 5's footing,
 # without the teacher step's test-time shifts and students).
